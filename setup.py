@@ -1,0 +1,82 @@
+"""ament_python package that is also a plain pip package.
+
+`pip install .` works on any machine (ROS 2 wheels are the optional `ros` extra); `colcon build` works in a ROS 2
+workspace. torch is declared as a *range*: a Jetson's JetPack torch must never be replaced by pip.
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ovs_ros"
+
+RUNTIME = [
+    "torch>=2.1",
+    "torchvision>=0.16",
+    "open_clip_torch>=2.24",
+    "timm>=1.0",
+    "numpy>=1.24",
+    "opencv-python-headless>=4.8",
+    "pyyaml>=6.0",
+    "safetensors>=0.4",
+    "tqdm>=4.60",
+    "huggingface_hub>=0.20",
+]
+EXTRAS = {
+    # ROS 2 client library from PyPI wheels (any distro's apt install works as well; then skip this extra).
+    "ros": [
+        "ros-rclpy",
+        "ros-sensor-msgs",
+        "ros-std-msgs",
+        "ros-diagnostic-msgs",
+        "ros-rcl-interfaces",
+        "rosbags>=0.9",
+        "mcap>=1.1",
+        "mcap-ros2-support>=0.5",
+    ],
+    "tensorrt": ["torch-tensorrt"],
+    "dev": [
+        "pytest>=7",
+        "pytest-timeout",
+        "transformers>=4.40",
+        "scipy",
+        "onnx",
+        "onnxruntime",
+        "torchmetrics",
+        "scikit-image",
+        "matplotlib",
+        "psutil",
+        "tensorboard",
+    ],
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*", "training", "training.*"]),
+    package_data={PACKAGE: ["py.typed"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config/vocabularies", glob("config/vocabularies/*.yaml")),
+        (f"share/{PACKAGE}/models", glob("models/*.yaml")),
+    ],
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    python_requires=">=3.10",
+    zip_safe=True,
+    maintainer="ovs_ros maintainers",
+    maintainer_email="maintainers@ovs-ros.dev",
+    description="Open-vocabulary panoptic segmentation for ROS 2 (Mask2Former + MaskCLIP++).",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "ovs_node = ovs_ros.node:main",
+            "ovs-segment = ovs_ros.cli:main",
+            "ovs-replay = ovs_ros.replay:main",
+            "ovs-demo = ovs_ros.cli:demo_main",
+            "ovs-benchmark = ovs_ros.benchmark:main",
+        ],
+    },
+)
