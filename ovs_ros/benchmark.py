@@ -1,0 +1,136 @@
+"""`ovs-benchmark`: where every millisecond of a frame goes, and what a vocabulary switch costs.
+
+Measures; asserts nothing. Run it on the machine you care about and paste its output into BENCHMARKS.md with the
+command line that produced it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+MODEL_STAGES = ("generator", "mask_resample", "classifier", "similarity")
+POST_STAGES = ("ensemble", "merge")
+
+
+def _stats(values: List[float]) -> str:
+    return f"{statistics.median(values):9.2f} {min(values):9.2f} {max(values):9.2f}"
+
+
+def benchmark_frames(segmenter, rgb, iterations: int, warmup: int) -> Dict[str, List[float]]:
+    from tqdm import tqdm
+
+    for _ in range(warmup):
+        segmenter.segment(rgb)
+    per_stage: Dict[str, List[float]] = {}
+    for _ in tqdm(range(iterations), desc="frames", leave=False):
+        result = segmenter.segment(rgb)
+        for stage, ms in result.timings_ms.items():
+            per_stage.setdefault(stage, []).append(ms)
+    return per_stage
+
+
+def benchmark_vocabulary_switch(segmenter, vocabulary: str, template_set: str, repeats: int = 20) -> Dict[str, float]:
+    """Cold (every phrase new), warm from memory, warm from disk, for `vocabulary` with `template_set`."""
+    from ovs_ros.text_cache import TextEmbeddingCache
+    from ovs_ros.segmenter import _as_vocabulary
+
+    vocab = _as_vocabulary(vocabulary, segmenter.config.max_vocabulary_classes)
+    fingerprint = segmenter.classifier.text_fingerprint()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cold_cache = TextEmbeddingCache(
+            segmenter._encode_sentences, fingerprint, cache_dir=Path(cache_dir), device=segmenter.device,
+            show_progress=True,
+        )
+        start = time.perf_counter()
+        cold_cache.embed(vocab, template_set)
+        cold_ms = (time.perf_counter() - start) * 1000.0
+        memory_ms = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            cold_cache.embed(vocab, template_set)
+            memory_ms.append((time.perf_counter() - start) * 1000.0)
+        disk_cache = TextEmbeddingCache(
+            segmenter._encode_sentences, fingerprint, cache_dir=Path(cache_dir), device=segmenter.device
+        )
+        start = time.perf_counter()
+        disk_cache.embed(vocab, template_set)
+        disk_ms = (time.perf_counter() - start) * 1000.0
+        encoded_from_disk = disk_cache.stats.get("sentences_encoded", 0)
+    # The full Segmenter swap (embeddings from memory + seen flags + LUT + one reference swap).
+    segmenter.set_vocabulary(vocab, template_set)
+    swap_ms = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        segmenter.set_vocabulary(vocab, template_set)
+        swap_ms.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "classes": len(vocab),
+        "sentences": len(vocab.phrases) * _num_templates(template_set),
+        "cold_ms": cold_ms,
+        "warm_memory_ms": statistics.median(memory_ms),
+        "warm_disk_ms": disk_ms,
+        "warm_disk_sentences_encoded": encoded_from_disk,
+        "segmenter_swap_warm_ms": statistics.median(swap_ms),
+    }
+
+
+def _num_templates(template_set: str) -> int:
+    from ovs_ros.templates import TEMPLATES
+
+    return len(TEMPLATES[template_set])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="ovs-benchmark", description=__doc__)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--image", default="astronaut")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--switch-vocabulary", default="ade20k_150", help="vocabulary for the switch benchmark ('' = skip)")
+    parser.add_argument("--switch-templates", default="t14")
+    args = parser.parse_args(argv)
+
+    from ovs_ros.cli import load_image
+    from ovs_ros.segmenter import Segmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"device": args.device} if args.device else {}
+    overrides["text_cache_dir"] = None
+    segmenter = Segmenter.from_config(args.config, overrides)
+    rgb = load_image(args.image)
+    print(f"config {args.config} | device {segmenter.device} | precision {segmenter.config.precision} | "
+          f"torch {torch.__version__} | threads {torch.get_num_threads()} | image {rgb.shape[1]}x{rgb.shape[0]} | "
+          f"vocabulary {len(segmenter.vocabulary)} classes ({segmenter.template_set})")
+    per_stage = benchmark_frames(segmenter, rgb, args.iterations, args.warmup)
+    print(f"\n{'stage':<16}{'median ms':>10}{'min':>10}{'max':>10}")
+    for stage, values in per_stage.items():
+        print(f"{stage:<16} {_stats(values)}")
+    model_ms = sum(statistics.median(per_stage[s]) for s in MODEL_STAGES if s in per_stage)
+    post_ms = sum(statistics.median(per_stage[s]) for s in POST_STAGES if s in per_stage)
+    print(f"\nmodel time (generator+resample+classifier+similarity) {model_ms:.2f} ms; post-processing "
+          f"(ensemble+merge+semantic) {post_ms:.2f} ms = {100.0 * post_ms / max(model_ms, 1e-9):.2f} % of model time")
+    print(f"frame total median {statistics.median(per_stage['total']):.1f} ms "
+          f"({1000.0 / statistics.median(per_stage['total']):.2f} fps)")
+    if args.switch_vocabulary:
+        switch = benchmark_vocabulary_switch(segmenter, args.switch_vocabulary, args.switch_templates)
+        print(f"\nvocabulary switch to {args.switch_vocabulary} ({switch['classes']} classes, "
+              f"{switch['sentences']} sentences, {args.switch_templates}):")
+        print(f"  cold (all phrases new)        {switch['cold_ms']:10.1f} ms")
+        print(f"  warm from memory              {switch['warm_memory_ms']:10.3f} ms")
+        print(f"  warm from disk (new process)  {switch['warm_disk_ms']:10.1f} ms "
+              f"({switch['warm_disk_sentences_encoded']} sentences re-encoded)")
+        print(f"  Segmenter.set_vocabulary warm {switch['segmenter_swap_warm_ms']:10.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

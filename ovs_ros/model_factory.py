@@ -1,0 +1,131 @@
+"""Builds the Segmenter's models from a `SegmenterConfig`: explicit functions, no registries (house rule 2)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ovs_ros.models.cards import ModelCard, resolve_weights
+from ovs_ros.paths import resolve_data_path
+from ovs_ros.segmenter_config import ClassifierSettings, GeneratorSettings, SegmenterConfig
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModels:
+    generator: nn.Module
+    classifier: nn.Module
+    psm: nn.Module
+    template_set: Optional[str]  # set when PSM weights are loaded: the templates they were trained with
+    uses_pretrained_weights: bool
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def load_card(name_or_path: str) -> ModelCard:
+    return ModelCard.from_yaml(resolve_data_path(name_or_path, "models"))
+
+
+def build_generator(settings: GeneratorSettings, weights_dir: Optional[Path]) -> tuple:
+    """-> (generator, loaded_real_weights)."""
+    from ovs_ros.models.mask2former import Mask2FormerConfig, Mask2FormerGenerator, load_generator_checkpoint
+
+    family, _, variant = settings.architecture.partition("/")
+    if family != "mask2former":
+        raise ValueError(f"unknown generator architecture {settings.architecture!r} (expected mask2former/<variant>)")
+    if variant == "tiny":
+        config = Mask2FormerConfig.tiny(**({"num_classes": settings.num_classes} if settings.num_classes else {}))
+    else:
+        factory = getattr(Mask2FormerConfig, variant, None)
+        if factory is None:
+            raise ValueError(f"unknown Mask2Former variant {variant!r}")
+        config = factory()
+    checkpoint = settings.checkpoint
+    if checkpoint is None and settings.card:
+        checkpoint = str(resolve_weights(load_card(settings.card), weights_dir))
+    if checkpoint is not None:
+        return load_generator_checkpoint(checkpoint, config), True
+    torch.manual_seed(settings.random_seed)
+    return Mask2FormerGenerator(config), False
+
+
+def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) -> tuple:
+    """-> (classifier, psm, template_set or None, loaded_real_weights)."""
+    from ovs_ros.models.clip import (
+        ClipClassifier,
+        ClipClassifierConfig,
+        build_psm,
+        load_maskclippp_checkpoint,
+        tiny_classifier_config,
+    )
+
+    torch.manual_seed(settings.random_seed)
+    if settings.model_name.startswith("tiny-"):
+        config = tiny_classifier_config(settings.model_name[len("tiny-"):], input_short_side=settings.input_short_side)
+    else:
+        config = ClipClassifierConfig(
+            model_name=settings.model_name,
+            pretrained=settings.pretrained,
+            input_short_side=settings.input_short_side,
+            **settings.options,
+        )
+    classifier = ClipClassifier(config)
+    checkpoint = settings.checkpoint
+    card = load_card(settings.card) if settings.card else None
+    if checkpoint is None and card is not None:
+        checkpoint = str(resolve_weights(card, weights_dir))
+    if checkpoint is None:
+        psm = build_psm(settings.psm, classifier)
+        if settings.psm == "identity":
+            LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity (cosine x logit scale, mean over templates)")
+        return classifier, psm, None, settings.pretrained is not None
+    psm_kind = card.psm if card and card.psm else settings.psm
+    templates = card.template_set if card else None
+    psm = build_psm(psm_kind, classifier, num_templates=_num_templates(templates))
+    load_maskclippp_checkpoint(classifier, psm, checkpoint)
+    return classifier, psm, templates, True
+
+
+def _num_templates(template_set: Optional[str]) -> Optional[int]:
+    from ovs_ros.templates import TEMPLATES
+
+    return len(TEMPLATES[template_set]) if template_set else None
+
+
+def build_models(config: SegmenterConfig) -> LoadedModels:
+    device = resolve_device(config.device)
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use fp32 on the CPU")
+    weights_dir = Path(config.weights_dir).expanduser() if config.weights_dir else None
+    generator, generator_real = build_generator(config.generator, weights_dir)
+    classifier, psm, template_set, classifier_real = build_classifier(config.classifier, weights_dir)
+    dtype = torch.float16 if config.precision == "fp16" else torch.float32
+    generator = generator.to(device=device, dtype=dtype).eval()
+    classifier = classifier.to(device=device, dtype=dtype).eval()
+    psm = psm.to(device=device).eval()  # similarity runs in fp32: a [Q, S, T] cosine is tiny and precision-sensitive
+    LOG.info(
+        "models ready on %s (%s): generator %s (%s weights), classifier %s (%s weights), psm %s",
+        device, config.precision, config.generator.architecture, "real" if generator_real else "random",
+        config.classifier.model_name, "real" if classifier_real else "random", type(psm).__name__,
+    )
+    return LoadedModels(
+        generator=generator,
+        classifier=classifier,
+        psm=psm,
+        template_set=template_set,
+        uses_pretrained_weights=generator_real and classifier_real,
+        device=device,
+    )

@@ -1,0 +1,298 @@
+"""Segmenter: RGB image in, labelled panoptic result out. Plain Python + torch; the ROS node is a thin adapter over it.
+
+Pipeline per frame (design.md, corrections.md 6, 9-12, 15):
+  1. upload once, two pre-processing branches (generator: ImageNet norm, its size; CLIP: CLIP norm, its own size)
+  2. mask generator -> Q soft masks (stride 4) + closed-vocabulary logits
+  3. masks resampled generator frame -> CLIP frame; CLIP classifier -> Q mask embeddings
+  4. similarity with the cached vocabulary embeddings -> PSM -> max over synonyms -> [Q, K] logits
+  5. renormalised ensemble with the generator's logits (seen alpha / unseen beta), void from the generator
+  6. vectorised panoptic merge on the generator frame, id map resized (nearest) to the input, semantic map, table
+
+The vocabulary is an immutable snapshot swapped under a lock: a frame in flight keeps the snapshot it started with,
+and a vocabulary change never blocks on a frame.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ovs_ros.model_factory import LoadedModels, build_models
+from ovs_ros.postprocess import (
+    build_segments,
+    ensemble_class_probs,
+    panoptic_merge,
+    segment_boxes,
+)
+from ovs_ros.preprocess import (
+    ResizeSpec,
+    generator_mask_probs,
+    image_to_tensor,
+    masks_to_clip_frame,
+    prepare_branch,
+)
+from ovs_ros.results import PanopticResult
+from ovs_ros.segmenter_config import SegmenterConfig, load_segmenter_config
+from ovs_ros.text_cache import TextEmbeddingCache, VocabularyEmbeddings
+from ovs_ros.models.clip import mask_class_logits
+from ovs_ros.vocabulary import Vocabulary, VocabularyError, seen_classes, train_to_test_lut
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VocabularyState:
+    """Everything per-vocabulary that a frame needs, built once per vocabulary change."""
+
+    vocabulary: Vocabulary
+    version: int
+    embeddings: VocabularyEmbeddings
+    seen: torch.Tensor  # [K] bool
+    lut: torch.Tensor  # [K_train + 1] long
+    is_thing: torch.Tensor  # [K] bool
+    labels: tuple
+
+
+class StageTimer:
+    """Wall-clock per stage; synchronises CUDA so a stage's time is its own."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = device.type == "cuda"
+        self.timings_ms: Dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.sync:
+            torch.cuda.synchronize()
+        self.timings_ms[name] = (time.perf_counter() - start) * 1000.0
+
+
+class Segmenter:
+    """Open-vocabulary panoptic segmentation of one RGB frame at a time."""
+
+    def __init__(self, config: SegmenterConfig, models: LoadedModels) -> None:
+        self.config = config
+        self.models = models
+        self.device = models.device
+        self.dtype = torch.float16 if config.precision == "fp16" else torch.float32
+        self.generator = models.generator
+        self.classifier = models.classifier
+        self.psm = models.psm
+        self.template_set = models.template_set or config.template_set
+        self.uses_pretrained_weights = models.uses_pretrained_weights
+        self.backend = "eager"
+        self._generator_spec = ResizeSpec(
+            short_side=config.generator.input_short_side,
+            max_long_side=config.generator.max_long_side,
+            size_divisibility=self.generator.size_divisibility,
+            fixed_hw=config.generator.fixed_hw,
+        )
+        self._clip_spec = ResizeSpec(
+            short_side=config.classifier.input_short_side,
+            max_long_side=config.classifier.max_long_side,
+            size_divisibility=self.classifier.size_divisibility,
+            fixed_hw=config.classifier.fixed_hw,
+        )
+        cache_dir = Path(config.text_cache_dir).expanduser() if config.text_cache_dir else None
+        self.text_cache = TextEmbeddingCache(
+            self._encode_sentences, self.classifier.text_fingerprint(), cache_dir=cache_dir, device=self.device
+        )
+        self._lock = threading.Lock()
+        self._state: Optional[VocabularyState] = None
+        self._version = 0
+        self.set_vocabulary(config.vocabulary)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls, config: Union[str, Path, dict, SegmenterConfig], overrides: Optional[dict] = None
+    ) -> "Segmenter":
+        """Build from a YAML path, a name in `config/segmenter/` ("tiny"), a dict or a `SegmenterConfig`."""
+        resolved = load_segmenter_config(config, overrides)
+        if resolved.num_threads:
+            torch.set_num_threads(resolved.num_threads)
+        return cls(resolved, build_models(resolved))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self._current().vocabulary
+
+    @property
+    def vocabulary_version(self) -> int:
+        return self._current().version
+
+    def _current(self) -> VocabularyState:
+        state = self._state
+        assert state is not None, "Segmenter has no vocabulary"
+        return state
+
+    @torch.inference_mode()
+    def _encode_sentences(self, sentences: List[str]) -> torch.Tensor:
+        tokens = self.classifier.tokenize(sentences).to(self.device)
+        return self.classifier.encode_text(tokens).float()
+
+    def set_vocabulary(
+        self, vocabulary: Union[Vocabulary, Sequence[str], str, Path], template_set: Optional[str] = None
+    ) -> None:
+        """Switch vocabulary atomically: embeddings of unseen phrases are computed first, then one reference swap.
+
+        Raises `VocabularyError` (a ValueError) on a bad vocabulary; the previous vocabulary then stays in use.
+        """
+        vocab = _as_vocabulary(vocabulary, self.config.max_vocabulary_classes)
+        templates = template_set or self.template_set
+        if self.models.template_set and templates != self.models.template_set:
+            raise VocabularyError(
+                f"template set {templates!r} refused: the loaded PSM weights were trained with "
+                f"{self.models.template_set!r} (the template set belongs to the classifier checkpoint)"
+            )
+        embeddings = self.text_cache.embed(vocab, templates)
+        train_names = self.generator.class_names
+        state_kwargs = dict(
+            vocabulary=vocab,
+            embeddings=embeddings,
+            seen=torch.as_tensor(seen_classes(vocab, train_names), device=self.device),
+            lut=torch.as_tensor(train_to_test_lut(vocab, train_names), device=self.device),
+            is_thing=torch.as_tensor(np.asarray(vocab.is_thing, dtype=bool), device=self.device),
+            labels=tuple(vocab.labels),
+        )
+        with self._lock:
+            self._version += 1
+            self._state = VocabularyState(version=self._version, **state_kwargs)
+            self.template_set = templates
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def validate_image(self, rgb: np.ndarray) -> None:
+        if not isinstance(rgb, np.ndarray):
+            raise ValueError(f"image must be a numpy array, got {type(rgb).__name__}")
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"image must be HxWx3 uint8 RGB, got shape {rgb.shape} dtype {rgb.dtype}")
+        height, width = rgb.shape[:2]
+        if height < 2 or width < 2:
+            raise ValueError(f"image is too small: {width}x{height}")
+        if height * width > self.config.max_image_pixels:
+            raise ValueError(
+                f"image {width}x{height} exceeds max_image_pixels={self.config.max_image_pixels}; resize it upstream"
+            )
+
+    @torch.inference_mode()
+    def segment(self, rgb: np.ndarray) -> PanopticResult:
+        """Segment one HxWx3 uint8 RGB frame with the vocabulary current when the call starts."""
+        self.validate_image(rgb)
+        state = self._current()
+        timer = StageTimer(self.device)
+        height, width = rgb.shape[:2]
+        with timer.stage("preprocess"):
+            image_01 = image_to_tensor(rgb, self.device)
+            gen_in = prepare_branch(
+                image_01, self._generator_spec, self.generator.pixel_mean_01, self.generator.pixel_std_01, self.dtype
+            )
+            clip_in = prepare_branch(
+                image_01, self._clip_spec, self.classifier.pixel_mean_01, self.classifier.pixel_std_01, self.dtype
+            )
+        with timer.stage("generator"):
+            generated = self.generator(gen_in.pixel_values)
+        with timer.stage("mask_resample"):
+            mask_probs = generator_mask_probs(generated.mask_logits, gen_in)  # [1, Q, h, w] float32
+            clip_masks = masks_to_clip_frame(mask_probs, clip_in).to(self.dtype)
+        with timer.stage("classifier"):
+            embedded = self.classifier.encode_masks(clip_in.pixel_values, clip_masks)
+        with timer.stage("similarity"):
+            clip_logits = mask_class_logits(
+                embedded.mask_embeddings.float(),
+                state.embeddings.text_embeddings,
+                state.embeddings.synonym_class_index,
+                state.embeddings.num_classes,
+                self.psm,
+                self.classifier.logit_scale,
+                patch_embeddings=None if embedded.patch_embeddings is None else embedded.patch_embeddings.float(),
+            )[0]
+        with timer.stage("ensemble"):
+            class_probs = ensemble_class_probs(
+                clip_logits,
+                generated.class_logits[0].float(),
+                state.lut,
+                state.seen,
+                self.config.ensemble_alpha,
+                self.config.ensemble_beta,
+            )
+        with timer.stage("merge"):
+            merged = panoptic_merge(
+                mask_probs[0],
+                class_probs,
+                state.is_thing,
+                object_mask_threshold=self.config.object_mask_threshold,
+                overlap_threshold=self.config.overlap_threshold,
+            )
+            panoptic = merged.panoptic
+            if panoptic.shape != (height, width):
+                panoptic = F.interpolate(panoptic[None, None].float(), size=(height, width), mode="nearest")[0, 0]
+                panoptic = panoptic.to(torch.int32)
+            num_segments = int(merged.segment_class.numel())
+            areas = torch.bincount(panoptic.flatten().long(), minlength=num_segments + 1)[1:]
+            boxes = segment_boxes(panoptic, num_segments)
+            void_id = len(state.labels)
+            lut = torch.cat([torch.tensor([void_id], device=panoptic.device), merged.segment_class.to(panoptic.device)])
+            semantic = lut[panoptic.long()].to(torch.int32)
+        with timer.stage("to_host"):
+            panoptic_np = panoptic.cpu().numpy()
+            semantic_np = semantic.cpu().numpy()
+            segments = build_segments(
+                segment_class=merged.segment_class,
+                segment_score=merged.segment_score,
+                segment_is_thing=merged.segment_is_thing,
+                segment_area=areas,
+                segment_boxes=boxes,
+                labels=state.labels,
+            )
+        timer.timings_ms["total"] = sum(timer.timings_ms.values())
+        return PanopticResult(
+            panoptic=panoptic_np,
+            semantic=semantic_np,
+            segments=segments,
+            void_class_id=void_id,
+            vocabulary_version=state.version,
+            timings_ms=timer.timings_ms,
+        )
+
+    def describe(self) -> dict:
+        """Facts for logs and diagnostics."""
+        return {
+            "device": str(self.device),
+            "precision": self.config.precision,
+            "backend": self.backend,
+            "generator": self.config.generator.architecture,
+            "classifier": self.config.classifier.model_name,
+            "psm": type(self.psm).__name__,
+            "template_set": self.template_set,
+            "vocabulary_size": len(self.vocabulary),
+            "pretrained_weights": self.uses_pretrained_weights,
+        }
+
+
+def _as_vocabulary(vocabulary: Union[Vocabulary, Sequence[str], str, Path], max_classes: int) -> Vocabulary:
+    if isinstance(vocabulary, Vocabulary):
+        vocab = vocabulary
+    elif isinstance(vocabulary, (str, Path)):
+        from ovs_ros.paths import resolve_data_path
+
+        try:
+            path = resolve_data_path(vocabulary, "config/vocabularies")
+        except FileNotFoundError as exc:
+            raise VocabularyError(str(exc)) from exc
+        vocab = Vocabulary.from_yaml(path)
+    else:
+        vocab = Vocabulary.from_strings(list(vocabulary))
+    if len(vocab) > max_classes:
+        raise VocabularyError(f"vocabulary has {len(vocab)} classes, more than max_vocabulary_classes={max_classes}")
+    return vocab

@@ -1,0 +1,93 @@
+"""The Segmenter's typed configuration (one flat YAML file per setup, see `config/segmenter/`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
+
+
+@dataclass
+class GeneratorSettings:
+    """The mask generator (MaskCLIP++'s "segmentor" role)."""
+
+    architecture: str = "mask2former/tiny"  # "mask2former/<variant>": tiny, swin_tiny_coco_panoptic, ...
+    card: Optional[str] = None  # model card (models/*.yaml or a name) naming the real weights
+    checkpoint: Optional[str] = None  # explicit local weights file; overrides the card
+    input_short_side: int = 640  # generator input size (short side, pixels)
+    max_long_side: int = 1066  # cap on the long side (pixels)
+    fixed_hw: Optional[Tuple[int, int]] = None  # pad every frame to exactly this (H, W): one engine shape
+    num_classes: Optional[int] = None  # tiny only: size of its (random) closed vocabulary; default = COCO panoptic
+    random_seed: int = 0  # seed for random weights when no checkpoint is given (demo / tests)
+
+
+@dataclass
+class ClassifierSettings:
+    """The CLIP mask classifier."""
+
+    model_name: str = "tiny-eva"  # open_clip architecture name ("EVA02-B-16", ...) or a tiny test model ("tiny-eva")
+    pretrained: Optional[str] = None  # open_clip tag or local file of the *base* CLIP weights; None = random weights
+    card: Optional[str] = None  # MaskCLIP++ fine-tuned weights card (PSM + tuned tensors)
+    checkpoint: Optional[str] = None  # explicit local MaskCLIP++ checkpoint; overrides the card
+    input_short_side: int = 384  # CLIP branch input size (corrections.md 15)
+    max_long_side: int = 640
+    fixed_hw: Optional[Tuple[int, int]] = None
+    psm: str = "identity"  # similarity without fine-tuned weights; a checkpoint's card decides otherwise
+    random_seed: int = 0
+    options: Dict[str, Any] = field(default_factory=dict)  # extra ClipClassifierConfig fields
+
+
+@dataclass
+class SegmenterConfig:
+    """Everything `Segmenter.from_config` needs."""
+
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    vocabulary: Union[str, List[str]] = "coco_panoptic"  # name in config/vocabularies/, a YAML path, or a list
+    template_set: str = "t14"  # t1 | t14 | t80; a classifier checkpoint's card overrides it
+    ensemble_alpha: float = 0.9  # exponent on the CLIP probability for seen classes (corrections.md 9)
+    ensemble_beta: float = 1.0  # ... for unseen classes (1.0 = CLIP only)
+    object_mask_threshold: float = 0.0  # corrections.md 11
+    overlap_threshold: float = 0.8
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | fp16 (fp16 only on CUDA)
+    text_cache_dir: Optional[str] = "~/.cache/ovs_ros/text_embeddings"  # None = memory only
+    weights_dir: Optional[str] = None  # default $OVS_ROS_WEIGHTS or ~/.cache/ovs_ros/weights
+    max_image_pixels: int = 4096 * 4096  # larger frames are refused (a clear ValueError), not resized
+    max_vocabulary_classes: int = 1000
+    num_threads: Optional[int] = None  # torch CPU threads; None = torch default
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise ConfigError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        for name in ("ensemble_alpha", "ensemble_beta", "object_mask_threshold", "overlap_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+
+
+def load_segmenter_config(
+    source: Union[str, Path, dict, SegmenterConfig], overrides: Optional[dict] = None
+) -> SegmenterConfig:
+    """From a YAML path, a config name in `config/segmenter/`, a dict, or a config; `overrides` are top-level keys
+    (dotted keys such as `generator.input_short_side` reach into sections)."""
+    if isinstance(source, SegmenterConfig):
+        from dataclasses import asdict
+
+        data = asdict(source)
+    elif isinstance(source, dict):
+        data = dict(source)
+    else:
+        from ovs_ros.paths import resolve_data_path
+
+        data = load_yaml(resolve_data_path(source, "config/segmenter"))
+    for key, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {key}: {parent} is not a section")
+        target[leaf] = value
+    return dataclass_from_dict(SegmenterConfig, data)

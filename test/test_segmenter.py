@@ -1,0 +1,136 @@
+"""The Segmenter end to end on the tiny random-weight models and a real photo."""
+import json
+
+import numpy as np
+import pytest
+
+from ovs_ros.cli import demo_main, main as segment_main, parse_vocab_argument, sample_image
+from ovs_ros.config_utils import ConfigError
+from ovs_ros.segmenter import Segmenter
+from ovs_ros.segmenter_config import load_segmenter_config
+from ovs_ros.vocabulary import VocabularyError
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter.from_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return sample_image("chelsea")
+
+
+def test_segment_real_photo_is_consistent(segmenter, photo):
+    result = segmenter.segment(photo)
+    h, w = photo.shape[:2]
+    assert result.panoptic.shape == (h, w) and result.panoptic.dtype == np.int32
+    assert result.semantic.shape == (h, w) and result.semantic.dtype == np.int32
+    assert len(result.segments) > 0, "random tiny model with threshold 0.0 should still produce segments"
+    ids = sorted(np.unique(result.panoptic[result.panoptic > 0]).tolist())
+    assert ids == [s.id for s in result.segments]
+    for seg in result.segments:
+        pixels = result.panoptic == seg.id
+        assert seg.area == int(pixels.sum())
+        ys, xs = np.nonzero(pixels)
+        assert seg.bbox_xywh == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert np.all(result.semantic[pixels] == seg.class_index)
+        assert seg.label == segmenter.vocabulary.labels[seg.class_index]
+        assert 0.0 <= seg.score <= 1.0
+        assert seg.is_thing == segmenter.vocabulary.entries[seg.class_index].is_thing
+    assert np.all(result.semantic[result.panoptic == 0] == result.void_class_id)
+    for stage in ("preprocess", "generator", "classifier", "similarity", "ensemble", "merge", "total"):
+        assert result.timings_ms[stage] >= 0.0
+
+
+def test_segment_is_deterministic(segmenter, photo):
+    a, b = segmenter.segment(photo), segmenter.segment(photo)
+    np.testing.assert_array_equal(a.panoptic, b.panoptic)
+    assert a.segments_table() == b.segments_table()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((0, 10, 3), np.uint8),
+        np.zeros((10, 10), np.uint8),
+        np.zeros((10, 10, 4), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+        np.zeros((1, 1, 3), np.uint8),
+        "not an image",
+    ],
+)
+def test_bad_images_are_refused(segmenter, bad):
+    with pytest.raises(ValueError):
+        segmenter.segment(bad)
+
+
+def test_huge_image_refused_without_allocating(segmenter):
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (8192, 8192, 3))
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        segmenter.segment(huge)
+
+
+def test_vocabulary_switch_is_atomic_and_incremental(photo):
+    seg = Segmenter.from_config("tiny", {"vocabulary": ["cat", "sofa,couch", "stuff:floor"]})
+    assert seg.vocabulary.labels == ["cat", "sofa", "floor"]
+    version = seg.vocabulary_version
+    encoded_before = seg.text_cache.stats["sentences_encoded"]
+    seg.set_vocabulary(["cat", "sofa,couch", "stuff:floor", "red mug"])
+    assert seg.vocabulary_version == version + 1
+    assert seg.text_cache.stats["sentences_encoded"] - encoded_before == 1  # t1: one sentence per new phrase
+    with pytest.raises(VocabularyError):
+        seg.set_vocabulary([])
+    with pytest.raises(VocabularyError):
+        seg.set_vocabulary(["ok", 3])
+    with pytest.raises(VocabularyError):
+        seg.set_vocabulary("no_such_vocabulary_file")
+    assert seg.vocabulary_version == version + 1 and seg.vocabulary.labels[-1] == "red mug"
+    result = seg.segment(photo)
+    assert result.vocabulary_version == version + 1
+    assert {s.label for s in result.segments} <= {"cat", "sofa", "floor", "red mug"}
+    floor_segments = [s for s in result.segments if s.label == "floor"]
+    assert all(not s.is_thing for s in floor_segments)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_segmenter_config("tiny", {"generator.input_shortside": 100})
+    with pytest.raises(ConfigError):
+        load_segmenter_config("tiny", {"precision": "int4"})
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="fp16"):
+        Segmenter.from_config("tiny", {"precision": "fp16", "device": "cpu"})
+
+
+def test_real_weights_config_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        Segmenter.from_config("eva02_b16_swin_tiny", {"weights_dir": str(tmp_path), "device": "cpu",
+                                                      "precision": "fp32"})
+    message = str(info.value)
+    assert str(tmp_path) in message and "download" in message
+
+
+def test_parse_vocab_argument():
+    assert parse_vocab_argument("person,dog,grass") == ["person", "dog", "grass"]
+    assert parse_vocab_argument("person,man; dog ;") == ["person,man", "dog"]
+
+
+def test_cli_segment_writes_overlay_and_json(tmp_path):
+    out_png, out_json = tmp_path / "overlay.png", tmp_path / "segments.json"
+    assert segment_main(["chelsea", "--vocab", "cat,sofa,grass", "--out", str(out_png), "--json", str(out_json)]) == 0
+    import cv2
+
+    overlay = cv2.imread(str(out_png))
+    assert overlay is not None and overlay.shape[:2] == sample_image("chelsea").shape[:2]
+    table = json.loads(out_json.read_text())
+    assert {s["label"] for s in table["segments"]} <= {"cat", "sofa", "grass"}
+    assert segment_main([str(tmp_path / "missing.jpg"), "--out", str(out_png)]) == 2
+
+
+def test_demo_writes_outputs(tmp_path, capsys):
+    assert demo_main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "overlay.png").stat().st_size > 0
+    assert "random weights" in capsys.readouterr().out
