@@ -68,33 +68,37 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
         ClipClassifier,
         ClipClassifierConfig,
         build_psm,
+        build_tiny_classifier,
         load_maskclippp_checkpoint,
-        tiny_classifier_config,
     )
 
     torch.manual_seed(settings.random_seed)
     if settings.model_name.startswith("tiny-"):
-        config = tiny_classifier_config(settings.model_name[len("tiny-"):], input_short_side=settings.input_short_side)
-    else:
-        config = ClipClassifierConfig(
-            model_name=settings.model_name,
-            pretrained=settings.pretrained,
-            input_short_side=settings.input_short_side,
-            **settings.options,
+        classifier = build_tiny_classifier(
+            settings.model_name[len("tiny-"):], input_short_side=settings.input_short_side, seed=settings.random_seed
         )
-    classifier = ClipClassifier(config)
+    else:
+        classifier = ClipClassifier(
+            ClipClassifierConfig(
+                model_name=settings.model_name,
+                pretrained=settings.pretrained,
+                input_short_side=settings.input_short_side,
+                **settings.options,
+            )
+        )
+    psm_dims = dict(text_dim=classifier.embed_dim, image_dim=classifier.embed_dim)
     checkpoint = settings.checkpoint
     card = load_card(settings.card) if settings.card else None
     if checkpoint is None and card is not None:
         checkpoint = str(resolve_weights(card, weights_dir))
     if checkpoint is None:
-        psm = build_psm(settings.psm, classifier)
+        psm = build_psm(settings.psm, **psm_dims)
         if settings.psm == "identity":
             LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity (cosine x logit scale, mean over templates)")
         return classifier, psm, None, settings.pretrained is not None
     psm_kind = card.psm if card and card.psm else settings.psm
     templates = card.template_set if card else None
-    psm = build_psm(psm_kind, classifier, num_templates=_num_templates(templates))
+    psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
     load_maskclippp_checkpoint(classifier, psm, checkpoint)
     return classifier, psm, templates, True
 

@@ -1,0 +1,25 @@
+"""CLIP mask classifier: open_clip towers, MaskCLIP++ mask tokens (ViT/EVA) and mask pooling (ConvNeXt), PSMs."""
+from .config import ClipClassifierConfig
+from .convert import convert_maskclippp_eva_state_dict, load_maskclippp_checkpoint
+from .psm import PSM_KINDS, IdentityPSM, LinearPSM, PseudoTextPSM, build_psm, mask_class_logits, scaled_cosine
+from .towers import ClipClassifier, MaskEmbeddingOutput, build_open_clip_model, detect_family
+from .tiny import TINY_FAMILIES, build_tiny_classifier
+
+__all__ = [
+    "PSM_KINDS",
+    "TINY_FAMILIES",
+    "build_psm",
+    "build_tiny_classifier",
+    "ClipClassifier",
+    "ClipClassifierConfig",
+    "IdentityPSM",
+    "LinearPSM",
+    "MaskEmbeddingOutput",
+    "PseudoTextPSM",
+    "build_open_clip_model",
+    "convert_maskclippp_eva_state_dict",
+    "detect_family",
+    "load_maskclippp_checkpoint",
+    "mask_class_logits",
+    "scaled_cosine",
+]

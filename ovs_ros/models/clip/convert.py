@@ -1,0 +1,140 @@
+"""MaskCLIP++ EVA checkpoints -> our names (explicit key map that fails on any unmatched key, style.md rule 5).
+
+MaskCLIP++ (`maskclippp/utils/ckpt.py`) saves `{"model": {...}}` with `visual_encoder.proxy.*` (the vendored
+EVA-CLIP visual tower), `visual_encoder.mask_logit_scale` `[3, heads]` and `psm.*`. EVA-CLIP names differ from timm's
+(corrections.md 4): `attn.q_bias`/`v_bias` -> `attn.q_proj.bias`/`v_proj.bias`; `mlp.w1`/`w2`/`w3`/`ffn_ln` ->
+`mlp.fc1_g`/`fc1_x`/`fc2`/`norm` (EVA-CLIP SwiGLU: `w3(ffn_ln(silu(w1 x) * w2 x))`, timm: `fc2(norm(silu(fc1_g x) *
+fc1_x x))`); `attn.inner_attn_ln` -> `attn.norm`; `head` -> `trunk.head`. Our visual names are those of open_clip's
+`TimmModel` (`trunk.*`), i.e. `ClipClassifier.model.visual`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+VISUAL_PREFIX = "visual_encoder.proxy."
+MASK_LOGIT_SCALE_KEY = "visual_encoder.mask_logit_scale"
+PSM_PREFIX = "psm."
+
+# EVA-CLIP visual key (after the prefix) -> open_clip TimmModel key. Patterns are anchored regexes.
+_EVA_BLOCK_RENAMES = (
+    (r"norm1\.(weight|bias)", r"norm1.\1"),
+    (r"norm2\.(weight|bias)", r"norm2.\1"),
+    (r"attn\.q_proj\.weight", r"attn.q_proj.weight"),
+    (r"attn\.k_proj\.weight", r"attn.k_proj.weight"),
+    (r"attn\.v_proj\.weight", r"attn.v_proj.weight"),
+    (r"attn\.q_bias", r"attn.q_proj.bias"),
+    (r"attn\.v_bias", r"attn.v_proj.bias"),
+    (r"attn\.inner_attn_ln\.(weight|bias)", r"attn.norm.\1"),
+    (r"attn\.proj\.(weight|bias)", r"attn.proj.\1"),
+    (r"mlp\.w1\.(weight|bias)", r"mlp.fc1_g.\1"),
+    (r"mlp\.w2\.(weight|bias)", r"mlp.fc1_x.\1"),
+    (r"mlp\.w3\.(weight|bias)", r"mlp.fc2.\1"),
+    (r"mlp\.ffn_ln\.(weight|bias)", r"mlp.norm.\1"),
+)
+_EVA_TOP_RENAMES = (
+    (r"patch_embed\.proj\.(weight|bias)", r"trunk.patch_embed.proj.\1"),
+    (r"cls_token", r"trunk.cls_token"),
+    (r"pos_embed", r"trunk.pos_embed"),
+    (r"norm\.(weight|bias)", r"trunk.norm.\1"),
+    (r"head\.(weight|bias)", r"trunk.head.\1"),
+)
+# Non-persistent in EVA-CLIP (recomputed from the grid, `eva_clip/rope.py`): skipped by name if a file has them.
+_EVA_IGNORED = (r"rope\.freqs_cos", r"rope\.freqs_sin")
+
+
+def _rename_eva_visual(key: str) -> Optional[str]:
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+    if m:
+        for pattern, repl in _EVA_BLOCK_RENAMES:
+            if re.fullmatch(pattern, m.group(2)):
+                return f"trunk.blocks.{m.group(1)}." + re.sub(pattern, repl, m.group(2))
+        return None
+    for pattern, repl in _EVA_TOP_RENAMES:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, repl, key)
+    return None
+
+
+def convert_maskclippp_eva_state_dict(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor],
+                                                                               Optional[Tensor]]:
+    """Split and rename a MaskCLIP++ EVA state dict.
+
+    Args:
+        state_dict: the checkpoint's `model` dict (a `{"model": ...}` wrapper is unwrapped).
+
+    Returns:
+        (visual_sd for `ClipClassifier.model.visual`, psm_sd for the PSM, mask_logit_scale `[blocks, heads]` or None).
+
+    Raises:
+        KeyError: naming every key that matches no rule (text-tower keys of `_wtext` checkpoints included: their
+            conversion is not written yet).
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    visual: Dict[str, Tensor] = {}
+    psm: Dict[str, Tensor] = {}
+    mask_logit_scale: Optional[Tensor] = None
+    unmatched = []
+    for key, value in state_dict.items():
+        if key == MASK_LOGIT_SCALE_KEY:
+            mask_logit_scale = value
+        elif key.startswith(PSM_PREFIX):
+            psm[key[len(PSM_PREFIX):]] = value
+        elif key.startswith(VISUAL_PREFIX):
+            sub = key[len(VISUAL_PREFIX):]
+            if any(re.fullmatch(p, sub) for p in _EVA_IGNORED):
+                continue
+            new = _rename_eva_visual(sub)
+            if new is None:
+                unmatched.append(key)
+            elif new in visual:
+                raise KeyError(f"two checkpoint keys map to {new!r}")
+            else:
+                visual[new] = value
+        else:
+            unmatched.append(key)
+    if unmatched:
+        raise KeyError(f"unmatched MaskCLIP++ EVA checkpoint keys: {sorted(unmatched)}")
+    return visual, psm, mask_logit_scale
+
+
+def _load_file(path: Path) -> Dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+def load_maskclippp_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], path: Union[str, Path]) -> None:
+    """Load a MaskCLIP++ EVA checkpoint (`.pth` via `torch.load(weights_only=True)`, or `.safetensors`) strictly.
+
+    The visual tower must hold every converted key and nothing else; the PSM likewise when the file has PSM
+    weights (pass `psm=None` only for a file without them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MaskCLIP++ checkpoint not found: {path}")
+    if getattr(classifier, "family", None) != "eva":
+        raise ValueError(f"MaskCLIP++ EVA checkpoints need an EVA classifier, got family "
+                         f"{getattr(classifier, 'family', None)!r}")
+    visual_sd, psm_sd, mask_logit_scale = convert_maskclippp_eva_state_dict(_load_file(path))
+    classifier.model.visual.load_state_dict(visual_sd, strict=True)
+    if psm_sd:
+        if psm is None:
+            raise ValueError(f"{path} holds PSM weights ({sorted(psm_sd)[:3]}...) but no psm was given")
+        psm.load_state_dict(psm_sd, strict=True)
+    if mask_logit_scale is not None:
+        target = classifier.mask_logit_scale
+        if tuple(mask_logit_scale.shape) != tuple(target.shape):
+            raise ValueError(f"mask_logit_scale shape {tuple(mask_logit_scale.shape)} != {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(mask_logit_scale.to(target.dtype))
