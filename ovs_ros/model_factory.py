@@ -41,13 +41,23 @@ def load_card(name_or_path: str) -> ModelCard:
 
 def build_generator(settings: GeneratorSettings, weights_dir: Optional[Path]) -> tuple:
     """-> (generator, loaded_real_weights)."""
-    from ovs_ros.models.mask2former import Mask2FormerConfig, Mask2FormerGenerator, load_generator_checkpoint
+    import dataclasses
+
+    from ovs_ros.models.mask2former import (
+        Mask2FormerConfig,
+        Mask2FormerGenerator,
+        load_generator_checkpoint,
+        load_training_synonyms,
+    )
 
     family, _, variant = settings.architecture.partition("/")
     if family != "mask2former":
         raise ValueError(f"unknown generator architecture {settings.architecture!r} (expected mask2former/<variant>)")
     if variant == "tiny":
-        config = Mask2FormerConfig.tiny(**({"num_classes": settings.num_classes} if settings.num_classes else {}))
+        synonyms = load_training_synonyms(settings.training_vocabulary)
+        config = dataclasses.replace(
+            Mask2FormerConfig.tiny(num_classes=len(synonyms)), class_names=[], class_synonyms=synonyms
+        )
     else:
         factory = getattr(Mask2FormerConfig, variant, None)
         if factory is None:

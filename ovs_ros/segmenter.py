@@ -157,7 +157,7 @@ class Segmenter:
                 f"{self.models.template_set!r} (the template set belongs to the classifier checkpoint)"
             )
         embeddings = self.text_cache.embed(vocab, templates)
-        train_names = self.generator.class_names
+        train_names = self.generator.config.class_synonyms
         state_kwargs = dict(
             vocabulary=vocab,
             embeddings=embeddings,

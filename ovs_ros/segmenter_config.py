@@ -18,7 +18,7 @@ class GeneratorSettings:
     input_short_side: int = 640  # generator input size (short side, pixels)
     max_long_side: int = 1066  # cap on the long side (pixels)
     fixed_hw: Optional[Tuple[int, int]] = None  # pad every frame to exactly this (H, W): one engine shape
-    num_classes: Optional[int] = None  # tiny only: size of its (random) closed vocabulary; default = COCO panoptic
+    training_vocabulary: str = "coco_panoptic"  # tiny only: the closed vocabulary its random head stands for
     random_seed: int = 0  # seed for random weights when no checkpoint is given (demo / tests)
 
 

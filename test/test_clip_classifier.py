@@ -29,9 +29,13 @@ from ovs_ros.models.clip.mask_tokens import (  # noqa: E402
     vit_plain_block,
 )
 
-EMBED_DIM = 24
-TEXT_CFG = dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=2)
-NATIVE = 64  # tiny towers are built for 64 x 64 inputs
+from ovs_ros.models.clip.tiny import (  # noqa: E402
+    TINY_CONVNEXT_CFG as CONVNEXT_CFG,
+    TINY_EMBED_DIM as EMBED_DIM,
+    TINY_NATIVE_SIZE as NATIVE,
+    TINY_VIT_CFG as VIT_CFG,
+    tiny_eva_open_clip_model as _tiny_eva_model,
+)
 
 
 def _jitter_(model: nn.Module, seed: int) -> None:
@@ -42,29 +46,6 @@ def _jitter_(model: nn.Module, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def _tiny_eva_model() -> nn.Module:
-    """CustomTextCLIP with an open_clip TimmModel around a small timm EVA02-CLIP trunk (RoPE, SwiGLU, sub-LN)."""
-    from open_clip.model import CustomTextCLIP
-    from open_clip.timm_model import TimmModel
-
-    model = CustomTextCLIP(embed_dim=EMBED_DIM, text_cfg=TEXT_CFG,
-                           vision_cfg=dict(image_size=NATIVE, layers=1, width=32, patch_size=16, head_width=16))
-    trunk = timm.create_model("eva02_base_patch16_clip_224", pretrained=False, img_size=NATIVE, depth=4,
-                              embed_dim=64, num_heads=4, num_classes=EMBED_DIM, global_pool="token")
-    visual = TimmModel.__new__(TimmModel)  # what TimmModel(pool='token', proj=None) builds, with a small trunk
-    nn.Module.__init__(visual)
-    visual.image_size = (NATIVE, NATIVE)
-    visual.trunk = trunk
-    visual.head = nn.Sequential()
-    model.visual = visual
-    return model
-
-
-VIT_CFG = {"embed_dim": EMBED_DIM, "text_cfg": TEXT_CFG,
-           "vision_cfg": {"image_size": NATIVE, "layers": 4, "width": 64, "patch_size": 16, "head_width": 16}}
-CONVNEXT_CFG = {"embed_dim": EMBED_DIM, "text_cfg": TEXT_CFG,
-                "vision_cfg": {"timm_model_name": "convnext_atto", "timm_pool": "", "timm_proj": "linear",
-                               "image_size": NATIVE}}
 CONVNEXT_MLP_CFG = copy.deepcopy(CONVNEXT_CFG)
 CONVNEXT_MLP_CFG["vision_cfg"]["timm_proj"] = "mlp"  # the convnext_large_d_320 head
 
