@@ -163,7 +163,7 @@ class Segmenter:
             embeddings=embeddings,
             seen=torch.as_tensor(seen_classes(vocab, train_names), device=self.device),
             lut=torch.as_tensor(train_to_test_lut(vocab, train_names), device=self.device),
-            is_thing=torch.as_tensor(np.asarray(vocab.is_thing, dtype=bool), device=self.device),
+            is_thing=torch.tensor(np.array(vocab.is_thing, dtype=bool), device=self.device),
             labels=tuple(vocab.labels),
         )
         with self._lock:

@@ -73,7 +73,7 @@ def test_huge_image_refused_without_allocating(segmenter):
 
 def test_vocabulary_switch_is_atomic_and_incremental(photo):
     seg = Segmenter.from_config("tiny", {"vocabulary": ["cat", "sofa,couch", "stuff:floor"]})
-    assert seg.vocabulary.labels == ["cat", "sofa", "floor"]
+    assert list(seg.vocabulary.labels) == ["cat", "sofa", "floor"]
     version = seg.vocabulary_version
     encoded_before = seg.text_cache.stats["sentences_encoded"]
     seg.set_vocabulary(["cat", "sofa,couch", "stuff:floor", "red mug"])
