@@ -42,3 +42,11 @@ def test_checksum_is_verified(tmp_path):
         resolve_weights(card, tmp_path)
     card.sha256 = sha256_of(weights)
     assert resolve_weights(card, tmp_path) == weights
+
+
+def test_offline_open_clip_tag_is_an_actionable_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from ovs_ros.models.clip import ClipClassifier, ClipClassifierConfig
+
+    with pytest.raises(WeightsNotFoundError, match="open_clip.create_model\\('ViT-B-16', pretrained='openai'\\)"):
+        ClipClassifier(ClipClassifierConfig(model_name="ViT-B-16", pretrained="openai"))

@@ -43,8 +43,20 @@ def build_open_clip_model(config: ClipClassifierConfig) -> nn.Module:
     import open_clip
 
     if config.open_clip_model_cfg is None:
-        return open_clip.create_model(config.model_name, pretrained=config.pretrained,
-                                      force_quick_gelu=config.quick_gelu)
+        try:
+            return open_clip.create_model(config.model_name, pretrained=config.pretrained,
+                                          force_quick_gelu=config.quick_gelu)
+        except RuntimeError as exc:
+            if config.pretrained is None or "download" not in str(exc).lower():
+                raise
+            from ovs_ros.models.cards import WeightsNotFoundError
+
+            raise WeightsNotFoundError(
+                f"base CLIP weights {config.model_name}:{config.pretrained} are not in the local cache and could not "
+                f"be downloaded ({exc}). On a machine with internet run once: python -c \"import open_clip; "
+                f"open_clip.create_model('{config.model_name}', pretrained='{config.pretrained}')\" "
+                "(fills the Hugging Face cache, ~/.cache/huggingface), or set `pretrained` to a local checkpoint file."
+            ) from exc
     from open_clip.model import CLIP, CustomTextCLIP
 
     cfg = copy.deepcopy(dict(config.open_clip_model_cfg))
