@@ -115,6 +115,19 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
 
 
+def _run(args: argparse.Namespace, image: str, warmup: bool):
+    """Load, build, segment; `None` (error logged) on a missing file or bad input instead of a traceback."""
+    try:
+        rgb = load_image(image)
+        segmenter = _build_segmenter(args)
+        if warmup:  # first-call allocations are not the model's speed
+            segmenter.segment(rgb)
+        return rgb, segmenter, segmenter.segment(rgb)
+    except (FileNotFoundError, ValueError) as exc:
+        LOG.error("%s", exc)
+        return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """`ovs-segment IMAGE --vocab "person,dog,grass" --out overlay.png --json segments.json`"""
     parser = argparse.ArgumentParser(prog="ovs-segment", description=__doc__)
@@ -124,13 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     _add_common(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        rgb = load_image(args.image)
-        segmenter = _build_segmenter(args)
-        result = segmenter.segment(rgb)
-    except (FileNotFoundError, ValueError) as exc:
-        LOG.error("%s", exc)
+    outcome = _run(args, args.image, warmup=False)
+    if outcome is None:
         return 2
+    rgb, _, result = outcome
     _write_outputs(rgb, result, args.out, args.json)
     print(_summary(result))
     return 0
@@ -144,14 +154,10 @@ def demo_main(argv: Optional[List[str]] = None) -> int:
     _add_common(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        rgb = load_image(args.image)
-        segmenter = _build_segmenter(args)
-        segmenter.segment(rgb)  # warm-up: first-call allocations are not the model's speed
-        result = segmenter.segment(rgb)
-    except (FileNotFoundError, ValueError) as exc:
-        LOG.error("%s", exc)
+    outcome = _run(args, args.image, warmup=True)
+    if outcome is None:
         return 2
+    rgb, segmenter, result = outcome
     _write_outputs(rgb, result, args.out / "overlay.png", args.out / "segments.json")
     print(f"ovs-demo on {args.image} ({rgb.shape[1]}x{rgb.shape[0]}), config {args.config}: {_summary(result)}")
     if not segmenter.uses_pretrained_weights:

@@ -48,6 +48,10 @@ from ovs_ros.vocabulary import Vocabulary, VocabularyError, seen_classes, train_
 LOG = logging.getLogger(__name__)
 
 
+class SegmenterOutOfMemoryError(RuntimeError):
+    """The device ran out of memory on one frame; the Segmenter stays usable."""
+
+
 @dataclass(frozen=True)
 class VocabularyState:
     """Everything per-vocabulary that a frame needs, built once per vocabulary change."""
@@ -185,10 +189,24 @@ class Segmenter:
                 f"image {width}x{height} exceeds max_image_pixels={self.config.max_image_pixels}; resize it upstream"
             )
 
-    @torch.inference_mode()
     def segment(self, rgb: np.ndarray) -> PanopticResult:
-        """Segment one HxWx3 uint8 RGB frame with the vocabulary current when the call starts."""
+        """Segment one HxWx3 uint8 RGB frame with the vocabulary current when the call starts.
+
+        Raises ValueError for a bad image and `SegmenterOutOfMemoryError` when the device runs out of memory (the
+        allocator cache is emptied first, so the next, perhaps smaller, frame can run).
+        """
         self.validate_image(rgb)
+        try:
+            return self._segment(rgb)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise SegmenterOutOfMemoryError(
+                f"{self.device} ran out of memory on a {rgb.shape[1]}x{rgb.shape[0]} frame; lower "
+                "generator/classifier input sizes, use precision fp16, or a smaller model"
+            ) from exc
+
+    @torch.inference_mode()
+    def _segment(self, rgb: np.ndarray) -> PanopticResult:
         state = self._current()
         timer = StageTimer(self.device)
         height, width = rgb.shape[:2]

@@ -134,3 +134,19 @@ def test_demo_writes_outputs(tmp_path, capsys):
     assert demo_main(["--out", str(tmp_path)]) == 0
     assert (tmp_path / "overlay.png").stat().st_size > 0
     assert "random weights" in capsys.readouterr().out
+
+
+def test_out_of_memory_is_reported_and_segmenter_recovers(segmenter, photo, monkeypatch):
+    from ovs_ros.segmenter import SegmenterOutOfMemoryError
+    import torch
+
+    real_forward = segmenter.generator.forward
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(segmenter.generator, "forward", exhausted)
+    with pytest.raises(SegmenterOutOfMemoryError, match="ran out of memory"):
+        segmenter.segment(photo)
+    monkeypatch.setattr(segmenter.generator, "forward", real_forward)
+    assert segmenter.segment(photo).panoptic.shape == photo.shape[:2]
