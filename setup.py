@@ -29,6 +29,9 @@ EXTRAS = {
         "ros-std-msgs",
         "ros-diagnostic-msgs",
         "ros-rcl-interfaces",
+        "ros-lifecycle-msgs",
+        # rclpy's wheel loads the default middleware at init; the PyPI wheels do not pull it in themselves.
+        "ros-rmw-fastrtps-cpp",
         "rosbags>=0.9",
         "mcap>=1.1",
         "mcap-ros2-support>=0.5",

@@ -1,0 +1,142 @@
+"""The node's parameters: one table with defaults, descriptors (description, ranges, read_only) and the checks that
+`ros2 param set` requests go through. Kept apart from node.py so docs/ros_interface.md and the tests can read it.
+
+`read_only` parameters change the model or the ROS graph (segmenter, device, input topic and QoS): set them in the
+params file or with `-p` at start-up. The others are applied on the next frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+TEMPLATE_SETS = ("t1", "t14", "t80")
+RELIABILITIES = ("best_effort", "reliable")
+INPUT_MODES = ("raw", "compressed")
+# vision_msgs convention (max value of the id type = UNLABELED) vs Nav2 semantic layer / opennav (0 = nothing).
+SEMANTIC_VOID_VALUES = (0, 65535)
+MAX_SEMANTIC_CLASSES = 65534  # 16UC1 leaves 65535 values besides void
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any  # a value, or a rclpy Parameter.Type name ("STRING_ARRAY") for "unset, this type"
+    description: str
+    read_only: bool = False
+    int_range: Optional[Tuple[int, int]] = None
+    float_range: Optional[Tuple[float, float]] = None
+    choices: Optional[Sequence[Any]] = None
+
+
+PARAMS: List[ParamSpec] = [
+    # --- model (read-only: changing them needs cleanup + configure, i.e. a restart of the plain node)
+    ParamSpec("segmenter_config", "config/segmenter/tiny.yaml",
+              "Segmenter YAML: a path, or a name in config/segmenter/ of the installed package.", read_only=True),
+    ParamSpec("device", "", "Torch device override (cpu, cuda, cuda:N, auto); empty = the segmenter config's.",
+              read_only=True),
+    ParamSpec("backend", "",
+              "Backend the segmenter must run (e.g. eager); start-up fails if the config runs another. Empty = any.",
+              read_only=True),
+    ParamSpec("precision", "", "fp32 or fp16 (CUDA only); empty = the segmenter config's.", read_only=True,
+              choices=("", "fp32", "fp16")),
+    ParamSpec("input_short_side", 0, "Mask-generator input short side in pixels; 0 = the segmenter config's.",
+              read_only=True, int_range=(0, 4096)),
+    ParamSpec("object_mask_threshold", -1.0,
+              "Panoptic merge: minimum segment score; -1 = the segmenter config's (0.0 for open vocabulary).",
+              read_only=True, float_range=(-1.0, 1.0)),
+    ParamSpec("overlap_threshold", -1.0,
+              "Panoptic merge: minimum visible fraction of a mask; -1 = the segmenter config's (0.8).",
+              read_only=True, float_range=(-1.0, 1.0)),
+    ParamSpec("max_image_pixels", 4096 * 4096,
+              "Frames with more pixels are refused (counted as bad input), never resized.",
+              int_range=(1, 1 << 28)),
+    # --- vocabulary (applied atomically on the next frame; a refused request keeps the old one)
+    ParamSpec("vocabulary", "STRING_ARRAY",
+              "Classes, one string each: 'name,synonym,...'; a 'stuff:' prefix marks a stuff class. "
+              "Takes precedence over vocabulary_file at start-up; at run time the last one set wins."),
+    ParamSpec("vocabulary_file", "",
+              "Vocabulary YAML: a path or a name in config/vocabularies/ (e.g. coco_panoptic); "
+              "empty = the segmenter config's vocabulary."),
+    ParamSpec("stuff_classes", "STRING_ARRAY",
+              "Labels of 'vocabulary' entries to treat as stuff (one segment per class), besides 'stuff:' entries."),
+    ParamSpec("templates", "", "Prompt template set: t1, t14 or t80; empty = the segmenter config's.",
+              choices=("",) + TEMPLATE_SETS),
+    ParamSpec("max_vocabulary_size", 1000, "Vocabulary requests with more classes are refused.",
+              int_range=(1, MAX_SEMANTIC_CLASSES)),
+    # --- input (read-only: they decide the subscription)
+    ParamSpec("input_mode", "raw",
+              "raw: subscribe 'image' (sensor_msgs/Image); compressed: 'image/compressed' (CompressedImage).",
+              read_only=True, choices=INPUT_MODES),
+    ParamSpec("input_reliability", "best_effort",
+              "Input QoS reliability; best_effort (sensor-data profile) also connects to reliable publishers.",
+              read_only=True, choices=RELIABILITIES),
+    ParamSpec("input_depth", 2, "Input QoS history depth (the worker keeps only the newest frame anyway).",
+              read_only=True, int_range=(1, 100)),
+    # --- outputs
+    ParamSpec("output_reliability", "reliable", "QoS reliability of ~/panoptic, ~/semantic, ~/segments, ~/overlay.",
+              read_only=True, choices=RELIABILITIES),
+    ParamSpec("output_depth", 2, "QoS history depth of the outputs.", read_only=True, int_range=(1, 100)),
+    ParamSpec("publish_panoptic", True, "Publish ~/panoptic (32SC1 segment ids, 0 = void)."),
+    ParamSpec("publish_semantic", True, "Publish ~/semantic (16UC1 class values, see semantic_void_value)."),
+    ParamSpec("publish_segments", True, "Publish ~/segments (JSON segment table)."),
+    ParamSpec("publish_overlay", True, "Publish ~/overlay (rgb8); rendered only while it has subscribers."),
+    ParamSpec("semantic_void_value", 65535,
+              "Value of unlabeled pixels in ~/semantic. 65535 (vision_msgs): pixel = class index. "
+              "0 (Nav2 semantic layer): pixel = class index + 1. ~/labels states the mapping.",
+              choices=SEMANTIC_VOID_VALUES),
+    ParamSpec("overlay_alpha", 0.5, "Overlay blend weight of the segment colours.", float_range=(0.0, 1.0)),
+    ParamSpec("overlay_draw_labels", True, "Write class labels on the overlay."),
+    # --- health
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", read_only=True,
+              float_range=(0.1, 60.0)),
+    ParamSpec("no_input_warning_s", 10.0,
+              "Warn when an active node got no frame for this long (often a QoS mismatch); 0 = never.",
+              float_range=(0.0, 3600.0)),
+    ParamSpec("error_log_period_s", 5.0, "Bad-input and segmenter errors: at most one log line per kind per period.",
+              float_range=(0.0, 3600.0)),
+    # --- life cycle
+    ParamSpec("autostart", True,
+              "Configure and activate at start-up (plain node for ros2 run). false: wait for lifecycle transitions.",
+              read_only=True),
+]
+PARAMS_BY_NAME: Dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+VOCABULARY_PARAMS = ("vocabulary", "vocabulary_file", "stuff_classes", "templates", "max_vocabulary_size")
+
+
+def make_descriptor(spec: ParamSpec) -> Any:
+    """An rcl_interfaces ParameterDescriptor for `spec`."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.parameter import Parameter
+
+    desc = ParameterDescriptor(name=spec.name, description=spec.description, read_only=spec.read_only)
+    if isinstance(spec.default, str) and spec.default.isupper():
+        desc.type = getattr(Parameter.Type, spec.default).value
+    if spec.int_range is not None:
+        desc.integer_range = [IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
+    if spec.float_range is not None:
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=float(spec.float_range[0]), to_value=float(spec.float_range[1]), step=0.0)]
+    if spec.choices is not None:
+        desc.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
+    return desc
+
+
+def declare_all(node: Any) -> None:
+    """Declare every parameter of `PARAMS` on `node` (values from --params-file / -p override the defaults)."""
+    from rclpy.parameter import Parameter
+
+    for spec in PARAMS:
+        default = spec.default
+        if isinstance(default, str) and default.isupper():
+            default = getattr(Parameter.Type, default)
+        node.declare_parameter(spec.name, default, make_descriptor(spec))
+
+
+def check_choice(name: str, value: Any) -> Optional[str]:
+    """None if `value` is allowed for `name`, else the refusal reason (ranges are enforced by rclpy itself)."""
+    spec = PARAMS_BY_NAME.get(name)
+    if spec is None or spec.choices is None:
+        return None
+    if value not in spec.choices:
+        return f"{name}={value!r} not allowed; one of {list(spec.choices)}"
+    return None
