@@ -63,6 +63,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/vocabularies", glob("config/vocabularies/*.yaml")),
+        (f"share/{PACKAGE}/config/segmenter", glob("config/segmenter/*.yaml")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml")),
     ],
     install_requires=RUNTIME,

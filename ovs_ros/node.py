@@ -411,6 +411,11 @@ class OvsNode(_BaseNode):
             backend = self._param("backend")
             if backend and backend != getattr(segmenter, "backend", ""):
                 raise ValueError(f"backend {backend!r} requested, but {config} runs {segmenter.backend!r}")
+            if not segmenter.uses_pretrained_weights:
+                self.get_logger().warning(
+                    f"RANDOM WEIGHTS: segmenter config {config!r} loads no pretrained weights (the tiny demo model, "
+                    "or weights not configured): masks and labels are meaningless. Set segmenter_config to a real "
+                    "config (e.g. eva02_b16_swin_tiny) once its weights are downloaded (README 'Real weights').")
             self._config_vocabulary = segmenter.vocabulary
             self._config_template_set = segmenter.template_set
             self._segmenter = segmenter
