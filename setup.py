@@ -40,6 +40,7 @@ EXTRAS = {
     "dev": [
         "pytest>=7",
         "pytest-timeout",
+        "ruff",
         "transformers>=4.40",
         "scipy",
         "onnx",

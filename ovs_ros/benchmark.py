@@ -106,7 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--switch-vocabulary", default="ade20k_150", help="vocabulary for the switch benchmark ('' = skip)")
+    parser.add_argument("--switch-vocabulary", default="ade20k_150",
+                        help="vocabulary for the switch benchmark ('' = skip)")
     parser.add_argument("--switch-templates", default="t14")
     args = parser.parse_args(argv)
 

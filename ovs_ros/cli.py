@@ -108,11 +108,13 @@ def _write_outputs(rgb: np.ndarray, result, out_png: Optional[Path], out_json: O
 def _summary(result) -> str:
     timings = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items())
     labels = sorted({s.label for s in result.segments})
-    return f"{len(result.segments)} segments ({', '.join(labels[:12])}{'...' if len(labels) > 12 else ''}); ms: {timings}"
+    shown = ", ".join(labels[:12]) + ("..." if len(labels) > 12 else "")
+    return f"{len(result.segments)} segments ({shown}); ms: {timings}"
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="[%(levelname)s] %(name)s: %(message)s")
 
 
 def _run(args: argparse.Namespace, image: str, warmup: bool):

@@ -104,7 +104,8 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
     if checkpoint is None:
         psm = build_psm(settings.psm, **psm_dims)
         if settings.psm == "identity":
-            LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity (cosine x logit scale, mean over templates)")
+            LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity "
+                        "(cosine x logit scale, mean over templates)")
         return classifier, psm, None, settings.pretrained is not None
     psm_kind = card.psm if card and card.psm else settings.psm
     templates = card.template_set if card else None

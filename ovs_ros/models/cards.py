@@ -58,7 +58,8 @@ class ModelCard:
     def how_to_get(self, destination: Path) -> str:
         sources = []
         if self.hf_hub_id:
-            sources.append(f"Hugging Face hub: `huggingface-cli download {self.hf_hub_id} {self.hf_filename or ''}`".strip())
+            command = f"huggingface-cli download {self.hf_hub_id} {self.hf_filename or ''}".strip()
+            sources.append(f"Hugging Face hub: `{command}`")
         if self.url:
             sources.append(f"URL: {self.url}")
         if self.google_drive_id:

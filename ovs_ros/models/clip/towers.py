@@ -152,7 +152,8 @@ class ClipClassifier(nn.Module):
             self.size_divisibility = int(visual.conv1.kernel_size[0])
             num_heads = visual.transformer.resblocks[0].attn.num_heads
             num_blocks = len(visual.transformer.resblocks)
-            self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else int(visual.ln_post.weight.numel())
+            self.embed_dim = (int(visual.proj.shape[1]) if visual.proj is not None
+                              else int(visual.ln_post.weight.numel()))
         else:
             self.size_divisibility = int(visual.trunk.feature_info[-1]["reduction"])
             self.embed_dim = int(_last_linear_out(visual.head) or visual.trunk.num_features)

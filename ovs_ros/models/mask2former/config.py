@@ -88,7 +88,8 @@ class Mask2FormerConfig:
         self.class_names = list(self.class_names) or [f"class_{i}" for i in range(self.num_classes)]
         self.class_synonyms = [list(n) for n in self.class_synonyms] or [[name] for name in self.class_names]
         if len(self.class_synonyms) != len(self.class_names):
-            raise ValueError(f"class_synonyms has {len(self.class_synonyms)} entries, class_names {len(self.class_names)}")
+            raise ValueError(
+                f"class_synonyms has {len(self.class_synonyms)} entries, class_names {len(self.class_names)}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if len(self.class_names) != self.num_classes:
