@@ -107,13 +107,8 @@ def wait_flowing(client: RosClient, streams: Streams, timeout: float = 60.0) -> 
     raise AssertionError("outputs did not start flowing")
 
 
-@pytest.fixture(scope="module")
-def node(domain, client, tmp_path_factory):
-    ns = f"/ovs_test_{os.getpid()}"
-    proc = NodeProcess(domain, ns, params={
-        "vocabulary": VOCAB_A, "max_vocabulary_size": 50, "input_reliability": "reliable", "input_depth": 10,
-        "diagnostics_period": 0.5, **FAST,
-    }, log_dir=tmp_path_factory.mktemp("node_logs")).start()
+def _serving(proc, client, ns):
+    """Streams of a started node once it publishes; the node is killed if it never gets there."""
     streams = Streams(client, ns, proc.fqn)
     try:
         wait_ready(proc, streams)
@@ -121,6 +116,17 @@ def node(domain, client, tmp_path_factory):
     except BaseException:
         proc.stop(signal.SIGKILL)
         raise
+    return streams
+
+
+@pytest.fixture(scope="module")
+def node(domain, client, tmp_path_factory):
+    ns = f"/ovs_test_{os.getpid()}"
+    proc = NodeProcess(domain, ns, params={
+        "vocabulary": VOCAB_A, "max_vocabulary_size": 50, "input_reliability": "reliable", "input_depth": 10,
+        "diagnostics_period": 0.5, **FAST,
+    }, log_dir=tmp_path_factory.mktemp("node_logs")).start()
+    streams = _serving(proc, client, ns)
     yield proc, streams
     if proc.alive():
         proc.stop(signal.SIGTERM)
@@ -502,13 +508,7 @@ def slow_node(domain, client, tmp_path_factory):
     ns = f"/ovs_slow_{os.getpid()}"
     proc = NodeProcess(domain, ns, params={"vocabulary": VOCAB_A, "diagnostics_period": 0.5, **FAST}, slow_ms=150,
                        log_dir=tmp_path_factory.mktemp("slow_logs")).start()
-    streams = Streams(client, ns, proc.fqn)
-    try:
-        wait_ready(proc, streams)
-        wait_flowing(client, streams)
-    except BaseException:
-        proc.stop(signal.SIGKILL)
-        raise
+    streams = _serving(proc, client, ns)
     yield proc, streams
     if proc.alive():
         assert proc.stop(signal.SIGINT) == 0
