@@ -1,6 +1,4 @@
 """Model cards: every shipped card parses; missing and corrupt weights give actionable errors."""
-from pathlib import Path
-
 import pytest
 
 from ovs_ros.models.cards import ChecksumMismatchError, ModelCard, WeightsNotFoundError, resolve_weights, sha256_of
