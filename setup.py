@@ -82,6 +82,7 @@ setup(
             "ovs-replay = ovs_ros.replay:main",
             "ovs-demo = ovs_ros.cli:demo_main",
             "ovs-benchmark = ovs_ros.benchmark:main",
+            "ovs-export = ovs_ros.cli:export_main",
         ],
     },
 )

@@ -1,4 +1,5 @@
-"""Command-line tools without ROS: `ovs-segment` (one image) and `ovs-demo` (a real photo, offline)."""
+"""Command-line tools without ROS: `ovs-segment` (one image), `ovs-demo` (a real photo, offline) and `ovs-export`
+(ONNX engines for trtexec / onnxruntime)."""
 from __future__ import annotations
 
 import argparse
@@ -165,6 +166,36 @@ def demo_main(argv: Optional[List[str]] = None) -> int:
     if not segmenter.uses_pretrained_weights:
         print("NOTE: random weights (no pretrained CLIP / Mask2Former on this machine): the overlay shows the "
               "pipeline working, not real labels.")
+    return 0
+
+
+def export_main(argv: Optional[List[str]] = None) -> int:
+    """`ovs-export --config tiny --out-dir engines/`: write generator.onnx, classifier.onnx and engines.json."""
+    parser = argparse.ArgumentParser(prog="ovs-export", description=export_main.__doc__)
+    parser.add_argument("--config", default="tiny", help="segmenter config: a YAML path or a name in config/segmenter/")
+    parser.add_argument("--out-dir", type=Path, default=Path("engines"), help="output folder")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    parser.add_argument("--generator-hw", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="generator input size; default the config's generator.fixed_hw")
+    parser.add_argument("--classifier-hw", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="CLIP input size; default the config's classifier.fixed_hw")
+    parser.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo", "auto"])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from ovs_ros.engines import export_engines
+
+    try:
+        sidecar = export_engines(args.config, args.out_dir, opset=args.opset, generator_hw=args.generator_hw,
+                                 classifier_hw=args.classifier_hw, exporter=args.exporter)
+    except (FileNotFoundError, ValueError) as exc:
+        LOG.error("%s", exc)
+        return 2
+    info = json.loads(sidecar.read_text())
+    for kind in ("generator", "classifier"):
+        shapes = ", ".join(f"{i['name']} {i['shape']}" for i in info[kind]["inputs"])
+        print(f"{args.out_dir / info[kind]['file']}: {shapes}")
+    print(f"{sidecar}: names, shapes, normalisation, resolved config")
     return 0
 
 

@@ -94,7 +94,12 @@ class Segmenter:
         self.psm = models.psm
         self.template_set = models.template_set or config.template_set
         self.uses_pretrained_weights = models.uses_pretrained_weights
-        self.backend = "eager"
+        self.backend = config.backend
+        if config.backend == "onnxruntime":
+            from ovs_ros.engines import build_onnxruntime_engines
+
+            engines = build_onnxruntime_engines(config, self.generator, self.classifier, self.device)
+            self.generator, self.classifier = engines.generator, engines.classifier
         self._generator_spec = ResizeSpec(
             short_side=config.generator.input_short_side,
             max_long_side=config.generator.max_long_side,

@@ -57,10 +57,22 @@ class SegmenterConfig:
     max_image_pixels: int = 4096 * 4096  # larger frames are refused (a clear ValueError), not resized
     max_vocabulary_classes: int = 1000
     num_threads: Optional[int] = None  # torch CPU threads; None = torch default
+    backend: str = "eager"  # eager | onnxruntime (fixed-shape ONNX engines: needs both fixed_hw; see engines.py)
+    engine_cache_dir: Optional[str] = None  # exported engines; None = ~/.cache/ovs_ros/engines
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
             raise ConfigError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.backend not in ("eager", "onnxruntime"):
+            raise ConfigError(f"backend must be eager or onnxruntime, got {self.backend!r}")
+        if self.backend == "onnxruntime":
+            missing = [name for name, section in (("generator", self.generator), ("classifier", self.classifier))
+                       if section.fixed_hw is None]
+            if missing:
+                fields = " and ".join(m + ".fixed_hw" for m in missing)
+                raise ConfigError(
+                    f"backend onnxruntime runs fixed-shape engines: set {fields} to (H, W), multiples of the "
+                    "model's size_divisibility (e.g. generator [512, 704], classifier [384, 512])")
         for name in ("ensemble_alpha", "ensemble_beta", "object_mask_threshold", "overlap_threshold"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:

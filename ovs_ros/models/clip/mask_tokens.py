@@ -216,7 +216,10 @@ def vit_embed(family: str, visual: nn.Module, pixel_values: Tensor) -> Tuple[Ten
     if family == "eva":
         trunk = visual.trunk
         x = trunk.patch_embed.proj(pixel_values)
-        grid = (x.shape[-2], x.shape[-1])
+        # Python ints: under ONNX tracing the pos-embed resize and RoPE table become constants for this grid (engines
+        # are fixed-shape); traced sizes made the TorchScript exporter mis-infer ranks (aten::cat "All tensors must
+        # have the same rank" in neck_block).
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
         x = trunk.patch_embed.norm(x.flatten(2).transpose(1, 2))
         cls = trunk.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
         pos = None
@@ -235,7 +238,7 @@ def vit_embed(family: str, visual: nn.Module, pixel_values: Tensor) -> Tuple[Ten
         return x, rope_table, grid
     if family == "vit":
         x = visual.conv1(pixel_values)
-        grid = (x.shape[-2], x.shape[-1])
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat([cls, x], dim=1)

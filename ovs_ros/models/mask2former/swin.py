@@ -184,8 +184,10 @@ class SwinStage(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: `[B, H, W, C]` -> (stage output `[B, H, W, C]`, input of the next stage `[B, H/2, W/2, 2C]`)."""
         ws = self.window_size
-        hp = -(-x.shape[1] // ws) * ws
-        wp = -(-x.shape[2] // ws) * ws
+        # Ceil to a multiple of ws without negative floor division: the TorchScript ONNX exporter folds `-(-h // ws)`
+        # on traced sizes as truncation (16 -> 14 instead of 21 for ws 7), which breaks the exported shift mask.
+        hp = (x.shape[1] + ws - 1) // ws * ws
+        wp = (x.shape[2] + ws - 1) // ws * ws
         shift_bias = shifted_window_bias(hp, wp, ws, self.shift_size, x.device, x.dtype)
         for block in self.blocks:
             x = block(x, shift_bias)
