@@ -35,7 +35,8 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("device", "", "Torch device override (cpu, cuda, cuda:N, auto); empty = the segmenter config's.",
               read_only=True),
     ParamSpec("backend", "",
-              "Backend the segmenter must run (eager or onnxruntime); start-up fails if the config runs another. Empty = any.",
+              "Backend the segmenter must run (eager or onnxruntime); start-up fails if the config runs another. "
+              "Empty = any.",
               read_only=True),
     ParamSpec("precision", "", "fp32 or fp16 (CUDA only); empty = the segmenter config's.", read_only=True,
               choices=("", "fp32", "fp16")),
