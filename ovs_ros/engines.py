@@ -368,9 +368,8 @@ class _OrtEngine:
         return {n: torch.from_numpy(o).to(device) for n, o in zip(self.output_names, outputs)}
 
 
-class OnnxRuntimeGenerator:
-    """Drop-in for `Mask2FormerGenerator` at inference: `__call__(pixel_values) -> GeneratorOutput` runs the ONNX
-    engine; `config`, `class_names`, `size_divisibility` and the normalisation come from the eager module."""
+class _OnnxRuntimeModule:
+    """An ONNX engine standing in for an eager module; everything but the image path is the eager module's."""
 
     backend = "onnxruntime"
 
@@ -381,10 +380,16 @@ class OnnxRuntimeGenerator:
         self.onnx_path = self.engine.path
 
     config = property(lambda self: self.eager.config)
-    class_names = property(lambda self: self.eager.class_names)
     size_divisibility = property(lambda self: self.eager.size_divisibility)
     pixel_mean_01 = property(lambda self: self.eager.pixel_mean_01)
     pixel_std_01 = property(lambda self: self.eager.pixel_std_01)
+
+
+class OnnxRuntimeGenerator(_OnnxRuntimeModule):
+    """Drop-in for `Mask2FormerGenerator` at inference: `__call__(pixel_values) -> GeneratorOutput` runs the ONNX
+    engine; `config`, `class_names`, `size_divisibility` and the normalisation come from the eager module."""
+
+    class_names = property(lambda self: self.eager.class_names)
 
     def __call__(self, pixel_values: Tensor):
         from ovs_ros.models.mask2former.generator import GeneratorOutput
@@ -394,24 +399,12 @@ class OnnxRuntimeGenerator:
                                class_logits=out["class_logits"].to(pixel_values.dtype))
 
 
-class OnnxRuntimeClassifier:
+class OnnxRuntimeClassifier(_OnnxRuntimeModule):
     """Drop-in for `ClipClassifier` at inference: `encode_masks` runs the ONNX engine; the text path (`tokenize`,
     `encode_text`, `text_fingerprint`) and attributes are the eager module's."""
 
-    backend = "onnxruntime"
-
-    def __init__(self, eager: nn.Module, onnx_path: Union[str, Path], device: Optional[torch.device] = None,
-                 num_threads: Optional[int] = None):
-        self.eager = eager
-        self.engine = _OrtEngine(Path(onnx_path), device or _module_place(eager)[0], num_threads)
-        self.onnx_path = self.engine.path
-
-    config = property(lambda self: self.eager.config)
     family = property(lambda self: self.eager.family)
     logit_scale = property(lambda self: self.eager.logit_scale)
-    size_divisibility = property(lambda self: self.eager.size_divisibility)
-    pixel_mean_01 = property(lambda self: self.eager.pixel_mean_01)
-    pixel_std_01 = property(lambda self: self.eager.pixel_std_01)
     embed_dim = property(lambda self: self.eager.embed_dim)
 
     def tokenize(self, texts: List[str]) -> Tensor:
