@@ -80,6 +80,7 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
         build_psm,
         build_tiny_classifier,
         load_maskclippp_checkpoint,
+        load_ovs_classifier_checkpoint,
     )
 
     torch.manual_seed(settings.random_seed)
@@ -110,8 +111,21 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
     psm_kind = card.psm if card and card.psm else settings.psm
     templates = card.template_set if card else None
     psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
-    load_maskclippp_checkpoint(classifier, psm, checkpoint)
+    fmt = card.format if card is not None else _format_of(checkpoint)
+    loader = load_ovs_classifier_checkpoint if fmt == "ovs_safetensors" else load_maskclippp_checkpoint
+    loader(classifier, psm, checkpoint)
     return classifier, psm, templates, True
+
+
+def _format_of(path: str) -> str:
+    """Checkpoint format of an explicit file (no card): our own safetensors say so in their metadata."""
+    if str(path).endswith(".safetensors") and Path(path).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("format") == "ovs_safetensors":
+                return "ovs_safetensors"
+    return "maskclippp_pth"
 
 
 def _num_templates(template_set: Optional[str]) -> Optional[int]:

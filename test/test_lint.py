@@ -14,6 +14,7 @@ def test_ruff_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
         pytest.skip("ruff not installed (pip install -e '.[dev]')")
-    result = subprocess.run([ruff, "check", "--output-format", "concise", "ovs_ros", "test", "tools", "launch"],
-                            cwd=REPO, capture_output=True, text=True)
+    paths = ["ovs_ros", "test", "tools", "launch", "training"]
+    result = subprocess.run([ruff, "check", "--output-format", "concise", *paths], cwd=REPO, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stdout + result.stderr

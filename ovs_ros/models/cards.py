@@ -37,7 +37,7 @@ class ModelCard:
     role: str  # "generator" | "classifier"
     architecture: str  # e.g. "mask2former/swin_tiny_coco_panoptic", "EVA02-B-16"
     filename: str  # file name under the weights directory
-    format: str  # "hf_safetensors" | "detectron2_pkl" | "maskclippp_pth" | "safetensors"
+    format: str  # "hf_safetensors" | "detectron2_pkl" | "maskclippp_pth" | "ovs_safetensors" (ovs_training export)
     hf_hub_id: Optional[str] = None  # e.g. "facebook/mask2former-swin-tiny-coco-panoptic"
     hf_filename: Optional[str] = None  # file inside the hub repo, e.g. "model.safetensors"
     url: Optional[str] = None  # direct download URL, where one exists

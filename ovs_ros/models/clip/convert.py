@@ -138,3 +138,47 @@ def load_maskclippp_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], 
             raise ValueError(f"mask_logit_scale shape {tuple(mask_logit_scale.shape)} != {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(mask_logit_scale.to(target.dtype))
+
+
+# Classifier checkpoints written by the training package (ovs_training.export): only the tuned tensors under our own
+# parameter names, plus the PSM under "psm."; the base CLIP weights come from open_clip (the card's base tag).
+OVS_FORMAT = "ovs_safetensors"
+OVS_FORMAT_VERSION = "1"
+PSM_PREFIX = "psm."
+
+
+def load_ovs_classifier_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], path: Union[str, Path]) -> None:
+    """Load an "ovs_safetensors" file into a built classifier and PSM.
+
+    The file holds a subset of the classifier's parameters (the tuned ones; the rest stay as built from the base
+    CLIP weights) and the PSM's full state under `psm.`. Every classifier key must exist with the same shape
+    and the PSM loads strictly; anything unmatched raises, listing the keys (house rule 5).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != OVS_FORMAT:
+        raise ValueError(f"{path}: not an {OVS_FORMAT} file (metadata format={metadata.get('format')!r})")
+    if metadata.get("format_version") != OVS_FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {metadata.get('format_version')!r}, expected {OVS_FORMAT_VERSION}")
+    state = load_file(str(path), device="cpu")
+    psm_sd = {k[len(PSM_PREFIX):]: v for k, v in state.items() if k.startswith(PSM_PREFIX)}
+    clf_sd = {k: v for k, v in state.items() if not k.startswith(PSM_PREFIX)}
+    if psm_sd:
+        if psm is None:
+            raise ValueError(f"{path} holds PSM weights but no psm was given")
+        psm.load_state_dict(psm_sd, strict=True)
+    own = classifier.state_dict()
+    unknown = sorted(k for k in clf_sd if k not in own)
+    if unknown:
+        raise KeyError(f"{path}: keys not in the classifier: {unknown}")
+    bad = sorted(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in clf_sd.items()
+                 if tuple(v.shape) != tuple(own[k].shape))
+    if bad:
+        raise ValueError(f"{path}: shape mismatch: {bad}")
+    classifier.load_state_dict(clf_sd, strict=False)

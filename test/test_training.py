@@ -1,0 +1,345 @@
+"""ovs_training (MaskCLIP++ recipe) on the tiny random-weight EVA, CPU: recipe, loss, loop, metrics, export, data."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "training"))  # ovs_training without installing it
+
+pytest.importorskip("open_clip")
+pytest.importorskip("timm")
+
+from ovs_ros.models.cards import ModelCard  # noqa: E402
+from ovs_ros.models.clip import build_psm, build_tiny_classifier  # noqa: E402
+from ovs_ros.templates import get_templates  # noqa: E402
+from ovs_training.config import TrainConfig, load_train_config  # noqa: E402
+from ovs_training.datasets import COCOPanopticDataset, ResizeCropFlip, SyntheticMaskDataset, collate_masks  # noqa: E402
+from ovs_training.evaluation import PanopticEvaluator, SemanticEvaluator  # noqa: E402
+from ovs_training.export import load_ovs_classifier_checkpoint  # noqa: E402
+from ovs_training.losses import (  # noqa: E402
+    class_balanced_cross_entropy,
+    class_balanced_weights,
+    sample_synonym_rows,
+)
+from ovs_training.optim import (  # noqa: E402
+    apply_trainable,
+    build_optimizer,
+    classifier_lr_multipliers,
+    cosine_lr_multiplier,
+)
+from ovs_training.trainer import MaskClassificationModel, Trainer  # noqa: E402
+
+CONFIGS = REPO / "training" / "configs"
+
+
+# ---------------------------------------------------------------------------------------------------- recipe
+def test_eva_trains_exactly_pos_embed_and_qv_weights():
+    classifier = build_tiny_classifier("eva")
+    psm = build_psm("linear", num_templates=14)
+    model = MaskClassificationModel(classifier, psm)
+    mults = {f"classifier.{k}": v for k, v in classifier_lr_multipliers(classifier).items()}
+    mults.update({f"psm.{k}": 1.0 for k, _ in psm.named_parameters()})
+    apply_trainable(model, mults)
+    depth = len(classifier.model.visual.trunk.blocks)
+    expected_clip = {"classifier.model.visual.trunk.pos_embed"} | {
+        f"classifier.model.visual.trunk.blocks.{i}.attn.{qv}_proj.weight" for i in range(depth) for qv in "qv"}
+    expected_x1 = {"classifier.mask_logit_scale", "psm.corr_proj_in.0.weight", "psm.corr_proj_in.0.bias",
+                   "psm.corr_proj_out.0.weight", "psm.corr_proj_out.0.bias"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == expected_clip | expected_x1
+    assert not any(n.endswith(("q_proj.bias", "v_proj.bias")) for n in trainable)
+    assert not any(".text." in n for n in trainable)
+    assert not classifier.model.logit_scale.requires_grad
+    optimizer, scheduler = build_optimizer(model, mults, base_lr=2e-4, weight_decay=0.05, max_iter=100)
+    by_name = {n: g for g in optimizer.param_groups for n in g["param_names"]}
+    assert set(by_name) == trainable
+    for name in expected_clip:
+        assert by_name[name]["lr"] == pytest.approx(2e-6)
+    for name in expected_x1:
+        assert by_name[name]["lr"] == pytest.approx(2e-4)
+    # weight decay 0.05, but 0 on biases and position embeddings
+    assert by_name["classifier.model.visual.trunk.pos_embed"]["weight_decay"] == 0.0
+    assert by_name["psm.corr_proj_in.0.bias"]["weight_decay"] == 0.0
+    assert by_name["classifier.model.visual.trunk.blocks.0.attn.q_proj.weight"]["weight_decay"] == 0.05
+    assert by_name["psm.corr_proj_in.0.weight"]["weight_decay"] == 0.05
+
+
+def test_text_switch_and_convnext_recipe():
+    eva = build_tiny_classifier("eva")
+    text = {k: v for k, v in classifier_lr_multipliers(eva, train_text=True).items() if k.startswith("model.text.")}
+    assert "model.text.positional_embedding" in text
+    assert "model.text.transformer.resblocks.0.attn.in_proj_weight" in text
+    assert "model.text.transformer.resblocks.1.mlp.c_fc.weight" in text
+    assert "model.text.transformer.resblocks.0.ln_2.bias" in text
+    assert set(text.values()) == {0.01}
+    for frozen in ("model.text.token_embedding.weight", "model.text.ln_final.weight", "model.text.text_projection",
+                   "model.text.transformer.resblocks.0.attn.out_proj.weight", "model.logit_scale"):
+        assert frozen not in text
+    convnext = build_tiny_classifier("convnext")
+    mults = classifier_lr_multipliers(convnext)
+    visual = {n for n, _ in convnext.named_parameters() if n.startswith("model.visual.")}
+    assert set(mults) == visual and set(mults.values()) == {0.001}
+
+
+def test_lr_multiplier_cosine_one_to_005_on_every_group():
+    assert cosine_lr_multiplier(0, 100) == pytest.approx(1.0)
+    assert cosine_lr_multiplier(50, 100) == pytest.approx(0.525)
+    assert cosine_lr_multiplier(100, 100) == pytest.approx(0.05)
+    assert cosine_lr_multiplier(25, 100) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 4)))
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    model = torch.nn.ParameterDict({"a": a, "b": b})
+    optimizer, scheduler = build_optimizer(model, {"a": 0.01, "b": 1.0}, base_lr=2e-4, weight_decay=0.05, max_iter=10)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    lrs = sorted(g["lr"] for g in optimizer.param_groups)
+    assert lrs == pytest.approx([2e-6 * 0.05, 2e-4 * 0.05])
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+def test_class_balanced_weights_follow_the_formula():
+    class_ids = torch.tensor([[0, 0, 1, -1], [2, 2, 2, -1], [-1, -1, -1, -1]])
+    b = 3
+    expected = torch.tensor([[1 / (b * 2 * 2), 1 / (b * 2 * 2), 1 / (b * 2 * 1), 0.0],
+                             [1 / (b * 1 * 3)] * 3 + [0.0], [0.0] * 4])
+    weights = class_balanced_weights(class_ids)
+    torch.testing.assert_close(weights, expected)
+    logits = torch.randn(3, 4, 5)
+    manual = sum(float(expected[i, j]) * float(torch.nn.functional.cross_entropy(logits[i, j], class_ids[i, j]))
+                 for i in range(3) for j in range(4) if class_ids[i, j] >= 0)
+    assert float(class_balanced_cross_entropy(logits, class_ids)) == pytest.approx(manual, rel=1e-5)
+
+
+def test_one_synonym_sampled_per_class():
+    syn = torch.tensor([0, 0, 0, 1, 2, 2])
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        rows = sample_synonym_rows(syn, 3, g)
+        assert syn[rows].tolist() == [0, 1, 2]
+        seen.update(rows.tolist())
+    assert seen == set(range(6))
+
+
+# ---------------------------------------------------------------------------------------------------- loop
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = load_train_config(CONFIGS / "tiny_synthetic.yaml", output_dir=str(out), device="cpu",
+                               show_progress=False)
+    trainer = Trainer(config)
+    result = trainer.train()
+    return trainer, result
+
+
+def test_training_lowers_loss_and_logs(trained):
+    trainer, result = trained
+    losses = result.losses
+    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
+    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
+    print(f"loss first-5 mean {first:.4f} -> last-5 mean {last:.4f}")
+    assert last < first
+    assert list((result.output_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (result.output_dir / "config.yaml").is_file() and result.checkpoint.is_file()
+    final = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert final == pytest.approx([g["lr_multiplier"] * 2e-4 * 0.05 for g in trainer.optimizer.param_groups])
+
+
+def _eval_batch(size=96):
+    batch = collate_masks([SyntheticMaskDataset(4, size, seed=7)[i] for i in range(2)])
+    return batch
+
+
+def test_export_loads_into_fresh_classifier_with_identical_logits(trained, tmp_path):
+    trainer, result = trained
+    card = ModelCard.from_yaml(result.export["card"])
+    assert (card.role, card.format, card.psm, card.template_set) == ("classifier", "ovs_safetensors", "linear", "t14")
+    assert card.architecture == "tiny-eva"
+    batch = _eval_batch()
+    model = trainer.model.eval()
+    text = trainer._text_embeddings(torch.arange(len(trainer.vocabulary)))
+    k = len(trainer.vocabulary)
+
+    def logits_of(m):
+        with torch.no_grad():
+            return m(m.pixel_values(batch["image"]), batch["masks"].float(), text, torch.arange(k), k)
+
+    reference = logits_of(model)
+    fresh_clf = build_tiny_classifier("eva", input_short_side=card.input_short_side, seed=0)
+    fresh_psm = build_psm(card.psm, num_templates=len(get_templates(card.template_set)))
+    untrained = logits_of(MaskClassificationModel(fresh_clf, fresh_psm).eval())
+    assert not torch.allclose(untrained, reference)
+    load_ovs_classifier_checkpoint(fresh_clf, fresh_psm, result.export["weights"])
+    torch.testing.assert_close(logits_of(MaskClassificationModel(fresh_clf, fresh_psm).eval()), reference,
+                               rtol=0, atol=0)
+
+
+def test_segmenter_model_factory_loads_the_card(trained):
+    """The node's loading path: model_factory dispatches the card's format ovs_safetensors to our loader."""
+    from ovs_ros.model_factory import build_classifier
+    from ovs_ros.segmenter_config import ClassifierSettings
+
+    trainer, result = trained
+    settings = ClassifierSettings(model_name="tiny-eva", card=str(result.export["card"]), input_short_side=96)
+    classifier, psm, template_set, real = build_classifier(settings, result.export["weights"].parent)
+    assert template_set == "t14" and real
+    torch.testing.assert_close(psm.state_dict(), trainer.model.psm.state_dict())
+    torch.testing.assert_close(classifier.state_dict(), trainer.model.classifier.state_dict())
+
+
+def test_exported_weights_run_in_the_segmenter(trained):
+    """Train -> export -> the Segmenter (what the node builds) loads the card and segments a real photo."""
+    from ovs_ros.cli import sample_image
+    from ovs_ros.segmenter import Segmenter
+
+    _, result = trained
+    card = result.export["card"]
+    segmenter = Segmenter.from_config("tiny", {"classifier.card": str(card),
+                                               "weights_dir": str(result.export["weights"].parent),
+                                               "vocabulary": ["cat", "sofa", "stuff:floor"]})
+    assert segmenter.template_set == "t14"  # the card's template set, not the tiny config's t1
+    assert type(segmenter.psm).__name__ != "IdentityPSM"
+    out = segmenter.segment(sample_image("chelsea"))
+    assert out.panoptic.shape == (300, 451)
+
+
+def test_loader_rejects_foreign_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"model.visual.trunk.nope": torch.zeros(1)}, str(path),
+              metadata={"format": "ovs_safetensors", "format_version": "1"})
+    with pytest.raises(KeyError, match="nope"):
+        load_ovs_classifier_checkpoint(build_tiny_classifier("eva"), None, path)
+
+
+def test_configs_parse_and_reject_unknown_keys(tmp_path):
+    real = load_train_config(CONFIGS / "maskclippp_eva02_b16_coco_panoptic.yaml")
+    assert (real.model_name, real.base_lr, real.batch_size, real.max_iter) == ("EVA02-B-16", 2e-4, 4, 20000)
+    assert real.data.kind == "coco_panoptic" and real.data.image_size == 512
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name: tiny-eva\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_train_config(bad)
+    assert isinstance(TrainConfig(), TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def _blocky_panoptic(rng, h, w, cats, n_rect):
+    out = np.zeros((h, w, 2), dtype=np.int64)
+    out[..., 0] = rng.choice(cats)
+    for i in range(n_rect):
+        y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        y1, x1 = y0 + rng.integers(3, h // 2), x0 + rng.integers(3, w // 2)
+        out[y0:y1, x0:x1, 0] = rng.choice(cats)
+        out[y0:y1, x0:x1, 1] = i + 1
+    return out
+
+
+def test_pq_matches_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.detection")
+    things, stuffs = [1, 2, 3], [4, 5]
+    rng = np.random.default_rng(0)
+    ours = PanopticEvaluator(things, stuffs)
+    ref = tm.PanopticQuality(things=set(things), stuffs=set(stuffs), return_sq_and_rq=True,
+                             allow_unknown_preds_category=True)
+    for _ in range(6):
+        target = _blocky_panoptic(rng, 24, 32, [0, 1, 2, 3, 4, 5], 5)  # 0 = void
+        pred = target.copy()
+        noise = rng.random((24, 32)) < 0.15
+        pred[noise, 0] = rng.choice([1, 2, 3, 4, 5], size=int(noise.sum()))  # predictions have no void pixels
+        pred[pred[..., 0] == 0, 0] = 4
+        if rng.random() < 0.5:
+            pred[:12, :16] = _blocky_panoptic(rng, 12, 16, [1, 2, 3, 4, 5], 2)
+        ours.update(torch.from_numpy(pred), torch.from_numpy(target))
+        ref.update(torch.from_numpy(pred)[None], torch.from_numpy(target)[None])
+    got = ours.compute()
+    pq, sq, rq = ref.compute().tolist()
+    assert (got["PQ"], got["SQ"], got["RQ"]) == pytest.approx((pq, sq, rq), abs=1e-6)
+    assert 0.0 < got["PQ"] < 1.0
+
+
+def test_miou_matches_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.classification")
+    rng = np.random.default_rng(1)
+    k = 6
+    ours = SemanticEvaluator(k, ignore_index=255)
+    ref = tm.MulticlassJaccardIndex(num_classes=k, average="macro", ignore_index=255)
+    for _ in range(4):
+        target = torch.from_numpy(rng.integers(0, k - 1, size=(2, 16, 16)))  # class 5 never in the GT
+        target[:, :3] = 255
+        pred = torch.where(torch.from_numpy(rng.random((2, 16, 16)) < 0.6), target.clamp_max(k - 1),
+                           torch.from_numpy(rng.integers(0, k - 2, size=(2, 16, 16))))  # class 5 never predicted
+        pred[pred == 255] = 0
+        ours.update(pred, target)
+        ref.update(pred, target)
+    got = ours.compute()
+    assert got["mIoU"] == pytest.approx(float(ref.compute()), abs=1e-6)
+    assert math.isnan(float(got["per_class_iou"][5]))
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def _write_coco_panoptic(root: Path):
+    import cv2
+
+    split = "val2017"
+    (root / split).mkdir(parents=True)
+    (root / f"panoptic_{split}").mkdir()
+    (root / "annotations").mkdir()
+    categories = [{"id": 1, "name": "person", "isthing": 1, "color": [220, 20, 60], "supercategory": "person"},
+                  {"id": 3, "name": "car", "isthing": 1, "color": [0, 0, 142], "supercategory": "vehicle"},
+                  {"id": 184, "name": "wall-other-merged", "isthing": 0, "color": [102, 102, 156],
+                   "supercategory": "wall"}]
+    images, annotations, expected = [], [], []
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 60), (48, 32)]):
+        seg = np.zeros((h, w), dtype=np.int64)
+        seg[:, : w // 2] = 1000 + i  # wall (stuff)
+        seg[5:15, w // 2 + 2: w // 2 + 10] = 256 * 3 + 7  # person (needs the G channel)
+        seg[20:30, 2:12] = 65536 * 2 + 5  # car (needs the B channel)
+        seg[32:36, 20:28] = 77  # crowd person: left out
+        infos = [{"id": 1000 + i, "category_id": 184, "iscrowd": 0},
+                 {"id": 256 * 3 + 7, "category_id": 1, "iscrowd": 0},
+                 {"id": 65536 * 2 + 5, "category_id": 3, "iscrowd": 0},
+                 {"id": 77, "category_id": 1, "iscrowd": 1}]
+        rgb = np.stack([seg % 256, seg // 256 % 256, seg // 65536], -1).astype(np.uint8)
+        cv2.imwrite(str(root / f"panoptic_{split}" / f"{i:012d}.png"), rgb[..., ::-1])
+        cv2.imwrite(str(root / split / f"{i:012d}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        images.append({"id": 10 + i, "file_name": f"{i:012d}.png", "height": h, "width": w})
+        annotations.append({"image_id": 10 + i, "file_name": f"{i:012d}.png", "segments_info": infos})
+        expected.append((seg, [(1000 + i, 2), (256 * 3 + 7, 0), (65536 * 2 + 5, 1)]))
+    with (root / "annotations" / f"panoptic_{split}.json").open("w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return split, expected
+
+
+def test_coco_panoptic_reader(tmp_path):
+    split, expected = _write_coco_panoptic(tmp_path)
+    ds = COCOPanopticDataset(tmp_path, split)
+    assert len(ds) == 2
+    assert ds.vocabulary.labels == ("person", "car", "wall")
+    assert ds.vocabulary.is_stuff.tolist() == [False, False, True]
+    for i, (seg, segments) in enumerate(expected):
+        sample = ds[i]
+        assert sample["image"].shape == (3, *seg.shape) and sample["image"].dtype == torch.uint8
+        assert sample["class_ids"].tolist() == [c for _, c in segments]
+        for mask, (seg_id, _) in zip(sample["masks"], segments):
+            assert torch.equal(mask, torch.from_numpy(seg == seg_id))
+    cropped = COCOPanopticDataset(tmp_path, split, transform=ResizeCropFlip(32, seed=0))[0]
+    assert cropped["image"].shape == (3, 32, 32) and cropped["masks"].shape[1:] == (32, 32)
+    batch = collate_masks([cropped, COCOPanopticDataset(tmp_path, split, transform=ResizeCropFlip(32))[1]])
+    assert batch["masks"].shape[:2] == batch["class_ids"].shape and batch["image"].shape == (2, 3, 32, 32)
+
+
+def test_synthetic_dataset_is_deterministic():
+    a, b = SyntheticMaskDataset(8, 96, seed=3), SyntheticMaskDataset(8, 96, seed=3)
+    for i in range(3):
+        sa, sb = a[i], b[i]
+        assert torch.equal(sa["image"], sb["image"]) and torch.equal(sa["masks"], sb["masks"])
+        assert int(sa["masks"].sum()) == 96 * 96  # shapes + background tile the image
+        assert sa["class_ids"][-1] == len(a.vocabulary) - 1  # background is the stuff class

@@ -1,0 +1,125 @@
+"""Typed training configuration, loaded from one flat YAML file per recipe (house rule 1: unknown keys fail)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
+
+DATASET_KINDS = ("synthetic", "coco_panoptic")
+
+
+@dataclass
+class DataConfig:
+    """Where the training images, GT masks and class ids come from.
+
+    Attributes:
+        kind: "synthetic" (`SyntheticMaskDataset`, for tests) or "coco_panoptic" (`COCOPanopticDataset`).
+        root: dataset root (coco_panoptic: holds `<split>/`, `panoptic_<split>/`, `annotations/panoptic_<split>.json`).
+        split: e.g. "train2017".
+        vocabulary: class names and synonyms in `ovs_ros.Vocabulary` form (a name in config/vocabularies such as
+            "coco_panoptic", or a YAML path), matched to the dataset's category ids by `id`; None = the dataset's
+            own names.
+        num_images: synthetic only: dataset length.
+        image_size: synthetic: image side in pixels; coco_panoptic: short side of the resize before the square
+            crop of `image_size` pixels (MaskCLIP++: final feature map 32 x 32, EVA-B/16 512, EVA-L/14 448).
+        hflip: random horizontal flip (coco_panoptic).
+        num_workers: DataLoader workers (0 = in the main process).
+    """
+
+    kind: str = "synthetic"
+    root: Optional[str] = None
+    split: str = "train2017"
+    vocabulary: Optional[str] = None
+    num_images: int = 64
+    image_size: int = 96
+    hflip: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ConfigError(f"data.kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+        if self.kind == "coco_panoptic" and not self.root:
+            raise ConfigError("data.root is required for kind coco_panoptic")
+        if self.image_size < 1 or self.num_images < 1:
+            raise ConfigError("data.image_size and data.num_images must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """The MaskCLIP++ fine-tuning recipe (seed-spec 2.3; corrections.md 8, 16-18).
+
+    Attributes:
+        model_name: open_clip architecture ("EVA02-B-16", ...) or a tiny test model ("tiny-eva").
+        pretrained: open_clip tag or local file of the base CLIP weights (None = random: tests only).
+        input_short_side: CLIP input size at test time, written to the model card (EVA-B 384, EVA-L 392).
+        mask_prior_blocks: ViT: mask tokens enter the last N blocks (MaskCLIP++: 3).
+        psm: "linear" (ViT/EVA/RN), "pseudo_text" (ConvNeXt) or "identity".
+        template_set: t1 | t14 | t80; belongs to the exported model card (corrections.md 8).
+        train_text: the EVA `_wtext` behaviour: also tune the text tower's ln_1/ln_2, mlp, in_proj and positional
+            embedding at `text_lr_multiplier` (corrections.md 17). False = text tower frozen (paper).
+        clip_lr_multiplier: LR multiplier of the tuned CLIP-V tensors; None = per family (EVA/ViT 0.01,
+            ConvNeXt 0.001; corrections.md 18).
+        text_lr_multiplier: LR multiplier of the tuned text tensors when `train_text`.
+        base_lr: AdamW LR of the PSM and the mask logit scale (MaskCLIP++ 2e-4).
+        weight_decay: AdamW weight decay (0 on norms, biases and position embeddings).
+        lr_end_multiplier: the cosine LR multiplier goes from 1 to this at `max_iter` (corrections.md 16).
+        grad_clip_norm: max gradient norm over all trained tensors (MaskCLIP++ 0.01, full model).
+        max_iter: optimizer steps (MaskCLIP++ 20K).
+        batch_size: images per step (MaskCLIP++ 4).
+        ignore_empty_masks: drop GT masks that are empty on the patch grid (MaskCLIP++ IGNORE_EMPTY, EVA/RN).
+        ce_temperature: logits are divided by this before the CE (MaskCLIP++ 1.0).
+        amp: autocast on CUDA (bf16 where supported, else fp16 with a GradScaler); ignored on the CPU.
+        device: auto | cpu | cuda | cuda:N.
+        seed: seeds model init (random-weight models), data order and synonym sampling.
+        output_dir: run folder: resolved config, TensorBoard events, checkpoints, export.
+        log_every: TensorBoard / progress-bar interval in steps.
+        checkpoint_every: save a training checkpoint every N steps (0 = only at the end).
+        export_name: file stem of the exported `.safetensors` and model card.
+        show_progress: tqdm progress bar.
+    """
+
+    model_name: str = "tiny-eva"
+    pretrained: Optional[str] = None
+    input_short_side: int = 384
+    mask_prior_blocks: int = 3
+    psm: str = "linear"
+    template_set: str = "t14"
+    train_text: bool = False
+    clip_lr_multiplier: Optional[float] = None
+    text_lr_multiplier: float = 0.01
+    base_lr: float = 2e-4
+    weight_decay: float = 0.05
+    lr_end_multiplier: float = 0.05
+    grad_clip_norm: float = 0.01
+    max_iter: int = 20000
+    batch_size: int = 4
+    ignore_empty_masks: bool = True
+    ce_temperature: float = 1.0
+    amp: bool = True
+    device: str = "auto"
+    seed: int = 0
+    output_dir: str = "runs/maskclippp"
+    log_every: int = 20
+    checkpoint_every: int = 5000
+    export_name: str = "maskclippp_classifier"
+    show_progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1 or self.batch_size < 1:
+            raise ConfigError("max_iter and batch_size must be >= 1")
+        if not 0.0 <= self.lr_end_multiplier <= 1.0:
+            raise ConfigError(f"lr_end_multiplier must be in [0, 1], got {self.lr_end_multiplier}")
+        if self.psm not in ("linear", "pseudo_text", "identity"):
+            raise ConfigError(f"psm must be linear, pseudo_text or identity, got {self.psm!r}")
+        if self.grad_clip_norm < 0 or self.base_lr <= 0 or self.ce_temperature <= 0:
+            raise ConfigError("grad_clip_norm must be >= 0, base_lr and ce_temperature > 0")
+
+
+def load_train_config(path: Union[str, Path], **overrides) -> TrainConfig:
+    """`TrainConfig` from a YAML file; `overrides` replace top-level keys (None values are ignored)."""
+    data = load_yaml(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return dataclass_from_dict(TrainConfig, data, where=str(path))

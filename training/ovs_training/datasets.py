@@ -1,0 +1,231 @@
+"""Training data: GT masks with class ids (MaskCLIP++ region priors: things per instance, stuff per class).
+
+Every dataset returns samples `{"image": uint8 [3, H, W], "masks": bool [N, H, W], "class_ids": int64 [N]}` with
+class ids indexing the dataset's `vocabulary`; `collate_masks` pads a batch to the largest N with empty masks and
+class id -1 (ignored by the loss).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ovs_ros.vocabulary import Vocabulary, VocabularyEntry
+
+IGNORE_CLASS = -1
+
+# Synthetic classes: each a colour and a shape, plus a stuff background; two synonyms where it helps the test of
+# synonym sampling. Colours are RGB 0-255.
+SYNTHETIC_CLASSES = (
+    ("red square,red box", (220, 40, 40), "square"),
+    ("green disc,green circle", (40, 200, 60), "disc"),
+    ("blue triangle", (40, 60, 220), "triangle"),
+    ("yellow bar,yellow stripe", (230, 210, 40), "bar"),
+)
+SYNTHETIC_BACKGROUND = "stuff:grey background,grey wall"
+
+
+def collate_masks(samples: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+    """Stack images; pad masks to `[B, N_max, H, W]` (False) and class ids to `[B, N_max]` (-1)."""
+    images = torch.stack([s["image"] for s in samples])
+    n_max = max(1, max(int(s["masks"].shape[0]) for s in samples))
+    b, _, h, w = images.shape
+    masks = torch.zeros(b, n_max, h, w, dtype=torch.bool)
+    class_ids = torch.full((b, n_max), IGNORE_CLASS, dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = int(s["masks"].shape[0])
+        if tuple(s["masks"].shape[-2:]) != (h, w):
+            raise ValueError(f"sample {i}: masks {tuple(s['masks'].shape[-2:])} != image {(h, w)}")
+        masks[i, :n] = s["masks"]
+        class_ids[i, :n] = s["class_ids"]
+    return {"image": images, "masks": masks, "class_ids": class_ids}
+
+
+class SyntheticMaskDataset(Dataset):
+    """Deterministic images of coloured shapes on a noisy grey background, with instance and stuff masks.
+
+    Sample `i` depends only on (`seed`, `i`). Each image holds 1-3 shapes (a class may repeat, so the class
+    reweighting of the loss is exercised) and the background as one stuff mask of the remaining pixels.
+
+    Args:
+        num_images: dataset length.
+        image_size: square side in pixels.
+        seed: base seed.
+    """
+
+    def __init__(self, num_images: int = 64, image_size: int = 96, seed: int = 0):
+        if image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {image_size}")
+        self.num_images = int(num_images)
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+        self.vocabulary = Vocabulary.from_strings([c[0] for c in SYNTHETIC_CLASSES] + [SYNTHETIC_BACKGROUND])
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def _shape_mask(self, kind: str, cy: float, cx: float, r: float) -> np.ndarray:
+        s = self.image_size
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+        if kind == "square":
+            return (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+        if kind == "disc":
+            return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if kind == "triangle":
+            return (yy <= cy + r) & (yy - (cy - r) >= 2 * np.abs(xx - cx))
+        if kind == "bar":
+            return (np.abs(yy - cy) <= r / 3) & (np.abs(xx - cx) <= r * 1.4)
+        raise ValueError(kind)
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, index])
+        s = self.image_size
+        image = np.clip(rng.normal(128, 12, size=(s, s, 3)), 0, 255)
+        occupied = np.zeros((s, s), dtype=bool)
+        masks, class_ids = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            cls = int(rng.integers(0, len(SYNTHETIC_CLASSES)))
+            _, colour, kind = SYNTHETIC_CLASSES[cls]
+            r = float(rng.uniform(0.14, 0.24) * s)
+            cy, cx = rng.uniform(r, s - r, size=2)
+            mask = self._shape_mask(kind, cy, cx, r) & ~occupied  # earlier shapes stay on top
+            if mask.sum() < (s // 8) ** 2:
+                continue
+            image[mask] = np.asarray(colour) + rng.normal(0, 8, size=(int(mask.sum()), 3))
+            occupied |= mask
+            masks.append(mask)
+            class_ids.append(cls)
+        masks.append(~occupied)
+        class_ids.append(len(SYNTHETIC_CLASSES))
+        image_t = torch.from_numpy(np.clip(image, 0, 255).astype(np.uint8)).permute(2, 0, 1).contiguous()
+        return {"image": image_t, "masks": torch.from_numpy(np.stack(masks)),
+                "class_ids": torch.tensor(class_ids, dtype=torch.long)}
+
+
+def rgb_to_panoptic_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colour -> segment id: `R + 256 G + 256^2 B` (panopticapi `rgb2id`)."""
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+class COCOPanopticDataset(Dataset):
+    """COCO panoptic in its standard layout (also ADE20K / Cityscapes panoptic converted to it).
+
+    Layout under `root` (detectron2's `datasets/coco`): `<split>/<image>.jpg`, `panoptic_<split>/<image>.png`
+    (segment id = R + 256 G + 256^2 B, 0 = void) and `annotations/panoptic_<split>.json` (`images`,
+    `annotations[].segments_info[]` with `id`, `category_id`, `iscrowd`, and `categories[]` with `id`, `name`,
+    `isthing`). Crowd segments are left out (void), as in Mask2Former's panoptic mapper.
+
+    Args:
+        root: dataset root.
+        split: e.g. "train2017", "val2017".
+        vocabulary: optional class names with synonyms; each category is matched by `dataset_id` (the YAML `id`)
+            and the vocabulary's order gives the class index. None = the JSON category names, in JSON order.
+        transform: optional callable on the sample dict (resize/crop/flip), applied last.
+    """
+
+    def __init__(self, root: Union[str, Path], split: str = "train2017", *,
+                 vocabulary: Optional[Vocabulary] = None, transform=None):
+        self.root = Path(root)
+        self.split = split
+        json_path = self.root / "annotations" / f"panoptic_{split}.json"
+        if not json_path.is_file():
+            raise FileNotFoundError(f"COCO panoptic annotations not found: {json_path}")
+        with json_path.open("r", encoding="utf-8") as f:
+            data = json.load(f)
+        categories = data["categories"]
+        if vocabulary is None:
+            vocabulary = Vocabulary([
+                VocabularyEntry((c["name"].replace("-merged", "").replace("-other", "").replace("-", " ").strip(),),
+                                is_stuff=not c["isthing"], dataset_id=int(c["id"]))
+                for c in categories
+            ], allow_duplicate_labels=True)
+        id_to_index = {e.dataset_id: i for i, e in enumerate(vocabulary.entries) if e.dataset_id is not None}
+        missing = sorted(int(c["id"]) for c in categories if int(c["id"]) not in id_to_index)
+        if missing:
+            raise ValueError(f"{json_path}: category ids {missing} are not in the vocabulary (match by `id`)")
+        self.vocabulary = vocabulary
+        self.category_to_class = id_to_index
+        images = {int(im["id"]): im for im in data["images"]}
+        self.records: List[dict] = []
+        for ann in data["annotations"]:
+            image = images[int(ann["image_id"])]
+            self.records.append({
+                "image_path": self.root / split / image["file_name"],
+                "panoptic_path": self.root / f"panoptic_{split}" / ann["file_name"],
+                "segments_info": ann["segments_info"],
+            })
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        rec = self.records[index]
+        image = _read_rgb(rec["image_path"])
+        seg_ids = rgb_to_panoptic_id(_read_rgb(rec["panoptic_path"]))
+        if seg_ids.shape != image.shape[:2]:
+            raise ValueError(f"{rec['panoptic_path']}: size {seg_ids.shape} != image {image.shape[:2]}")
+        masks, class_ids = [], []
+        for seg in rec["segments_info"]:
+            if seg.get("iscrowd", 0):
+                continue
+            mask = seg_ids == int(seg["id"])
+            if not mask.any():
+                continue
+            masks.append(mask)
+            class_ids.append(self.category_to_class[int(seg["category_id"])])
+        h, w = image.shape[:2]
+        sample = {
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.bool),
+            "class_ids": torch.tensor(class_ids, dtype=torch.long),
+        }
+        return self.transform(sample) if self.transform is not None else sample
+
+
+class ResizeCropFlip:
+    """Resize the short side to `crop_size`, random square crop of `crop_size`, random horizontal flip.
+
+    Simpler than MaskCLIP++'s augmentation (ResizeShortestEdge over scales / LSJ, ColorAugSSD); masks that the
+    crop empties are dropped here, masks empty on the patch grid are dropped by the loss (`ignore_empty_masks`).
+    """
+
+    def __init__(self, crop_size: int, *, hflip: bool = True, seed: int = 0):
+        self.crop_size = int(crop_size)
+        self.hflip = hflip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, sample: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        image, masks, class_ids = sample["image"], sample["masks"], sample["class_ids"]
+        h, w = image.shape[-2:]
+        scale = self.crop_size / min(h, w)
+        nh, nw = max(self.crop_size, round(h * scale)), max(self.crop_size, round(w * scale))
+        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
+        masks = F.interpolate(masks[None].float(), size=(nh, nw), mode="nearest")[0] > 0.5
+        top = int(torch.randint(0, nh - self.crop_size + 1, (1,), generator=self.generator))
+        left = int(torch.randint(0, nw - self.crop_size + 1, (1,), generator=self.generator))
+        image = image[:, top:top + self.crop_size, left:left + self.crop_size]
+        masks = masks[:, top:top + self.crop_size, left:left + self.crop_size]
+        if self.hflip and bool(torch.rand((), generator=self.generator) < 0.5):
+            image, masks = image.flip(-1), masks.flip(-1)
+        keep = masks.flatten(1).any(1)
+        return {"image": image.contiguous(), "masks": masks[keep].contiguous(), "class_ids": class_ids[keep]}

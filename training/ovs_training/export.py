@@ -1,0 +1,90 @@
+"""Export the tuned tensors as `.safetensors` + a model card the Segmenter loads (format "ovs_safetensors").
+
+The file holds only what the recipe trained, under our own parameter names: the tuned CLIP tensors as named in
+`ClipClassifier.named_parameters()` (`model.visual.trunk.pos_embed`, `model.visual.trunk.blocks.N.attn.q_proj.weight`,
+...), `mask_logit_scale`, and the PSM under `psm.` (`psm.corr_proj_in.0.weight`, ...). The base CLIP weights come from
+open_clip (`base_clip_pretrained` on the card), as for MaskCLIP++'s own checkpoints. The safetensors metadata
+records `format`, `format_version`, `model_name`, `psm`, `template_set` and `num_templates`.
+
+`load_ovs_classifier_checkpoint` depends on torch and safetensors only, so it can move verbatim into
+`ovs_ros/models/clip/convert.py` (ovs_ros never imports ovs_training).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Union
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from ovs_ros.models.clip.convert import (  # noqa: F401  (re-exported: the format lives beside the node's loaders)
+    OVS_FORMAT,
+    OVS_FORMAT_VERSION,
+    PSM_PREFIX,
+    load_ovs_classifier_checkpoint,
+)
+
+
+def export_state_dict(classifier: nn.Module, psm: Optional[nn.Module], names: Iterable[str]) -> Dict[str, Tensor]:
+    """The named classifier tensors plus every PSM tensor (prefixed `psm.`), detached, contiguous, fp32 on CPU."""
+    params = dict(classifier.named_parameters())
+    out: Dict[str, Tensor] = {}
+    for name in sorted(names):
+        if name not in params:
+            raise KeyError(f"classifier has no parameter {name!r}")
+        out[name] = params[name].detach().to("cpu", torch.float32).contiguous().clone()
+    if psm is not None:
+        for name, t in psm.state_dict().items():
+            out[PSM_PREFIX + name] = t.detach().to("cpu", torch.float32).contiguous().clone()
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str, Path], *, name: str,
+                      trained_names: Iterable[str], psm_kind: str, template_set: str, num_templates: int,
+                      base_clip_pretrained: Optional[str] = None, input_short_side: Optional[int] = None,
+                      notes: str = "") -> Dict[str, Path]:
+    """Write `<name>.safetensors` and `<name>.yaml` (a `ovs_ros.models.cards.ModelCard`) under `out_dir`.
+
+    Returns:
+        {"weights": path, "card": path}
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = export_state_dict(classifier, psm, trained_names)
+    model_name = classifier.config.model_name
+    metadata = {"format": OVS_FORMAT, "format_version": OVS_FORMAT_VERSION, "model_name": model_name,
+                "psm": psm_kind, "template_set": template_set, "num_templates": str(num_templates),
+                "trained": json.dumps(sorted(k for k in tensors if not k.startswith(PSM_PREFIX)))}
+    weights = out_dir / f"{name}.safetensors"
+    save_file(tensors, str(weights), metadata=metadata)
+    card = {
+        "name": name,
+        "role": "classifier",
+        "architecture": model_name,
+        "filename": weights.name,
+        "format": OVS_FORMAT,
+        "sha256": _sha256(weights),
+        "base_clip_pretrained": base_clip_pretrained,
+        "template_set": template_set,
+        "psm": psm_kind,
+        "input_short_side": input_short_side,
+        "notes": notes or "ovs_training export: tuned CLIP tensors, mask_logit_scale and PSM under our names",
+    }
+    card_path = out_dir / f"{name}.yaml"
+    with card_path.open("w", encoding="utf-8") as f:
+        f.write(f"# {name}: exported by ovs_training (format {OVS_FORMAT} v{OVS_FORMAT_VERSION}).\n")
+        yaml.safe_dump(card, f, sort_keys=False)
+    return {"weights": weights, "card": card_path}
