@@ -92,6 +92,38 @@ def benchmark_vocabulary_switch(segmenter, vocabulary: str, template_set: str, r
     }
 
 
+def benchmark_postprocess(num_queries: int, num_classes: int, size: int, repeats: int = 8) -> Dict[str, float]:
+    """Ensemble + merge + id-map sizing + semantic map + boxes, as `Segmenter.segment` runs them, on masks that
+    split a `size` x `size` frame into many segments (random weights give a few large ones, which flatters the
+    merge)."""
+    import torch.nn.functional as F
+
+    from ovs_ros.postprocess import ensemble_class_probs, panoptic_at_size, panoptic_merge, semantic_map
+
+    generator = torch.Generator().manual_seed(0)
+    field = F.interpolate(torch.randn(1, num_queries, 12, 12, generator=generator), size=(size, size),
+                          mode="bilinear")[0]
+    owner = F.one_hot(field.argmax(0), num_queries).permute(2, 0, 1).float()
+    mask_probs = owner * 0.9 + 0.05 + 0.02 * torch.rand(num_queries, size, size, generator=generator)
+    clip_logits = torch.randn(num_queries, num_classes, generator=generator) * 5
+    train_classes = 133
+    gen_logits = torch.randn(num_queries, train_classes + 1, generator=generator)
+    lut = torch.randint(0, num_classes + 1, (train_classes + 1,), generator=generator)
+    lut[-1] = num_classes
+    seen = torch.rand(num_classes, generator=generator) < 0.5
+    is_thing = torch.rand(num_classes, generator=generator) < 0.6
+    times, segments = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        probs = ensemble_class_probs(clip_logits, gen_logits, lut, seen, 0.9, 1.0)
+        merged = panoptic_merge(mask_probs, probs, is_thing)
+        panoptic, _, _ = panoptic_at_size(merged, (size, size))
+        semantic_map(panoptic, merged.segment_class, num_classes)
+        times.append((time.perf_counter() - start) * 1000.0)
+        segments = merged.num_segments
+    return {"median_ms": statistics.median(times[1:]), "segments": segments}
+
+
 def _num_templates(template_set: str) -> int:
     from ovs_ros.templates import TEMPLATES
 
@@ -109,6 +141,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--switch-vocabulary", default="ade20k_150",
                         help="vocabulary for the switch benchmark ('' = skip)")
     parser.add_argument("--switch-templates", default="t14")
+    parser.add_argument("--postprocess-size", type=int, default=640,
+                        help="frame side for the many-segments post-processing measurement (0 = skip)")
     args = parser.parse_args(argv)
 
     from ovs_ros.cli import load_image
@@ -133,6 +167,11 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"(ensemble+merge+semantic) {post_ms:.2f} ms = {100.0 * post_ms / max(model_ms, 1e-9):.2f} % of model time")
     print(f"frame total median {statistics.median(per_stage['total']):.1f} ms "
           f"({1000.0 / statistics.median(per_stage['total']):.2f} fps)")
+    if args.postprocess_size:
+        post = benchmark_postprocess(100, 150, args.postprocess_size)
+        print(f"post-processing with many segments (Q=100, K=150, {args.postprocess_size}x{args.postprocess_size}, "
+              f"{post['segments']} segments): {post['median_ms']:.2f} ms = "
+              f"{100.0 * post['median_ms'] / max(model_ms, 1e-9):.2f} % of this config's model time")
     if args.switch_vocabulary:
         switch = benchmark_vocabulary_switch(segmenter, args.switch_vocabulary, args.switch_templates)
         print(f"\nvocabulary switch to {args.switch_vocabulary} ({switch['classes']} classes, "

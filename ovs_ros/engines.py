@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -509,6 +509,19 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
         generator=dataclasses.replace(config.generator, fixed_hw=g_hw),
         classifier=dataclasses.replace(config.classifier, fixed_hw=c_hw),
     )
+
+    def engine_entry(path: Path, module: Any) -> dict:
+        """What a deployment needs to feed one engine: file, checksums, I/O shapes, normalisation."""
+        return {
+            "file": path.name,
+            "sha256": sha256(path),
+            "model_hash": module_content_hash(module),
+            **onnx_io_shapes(path),
+            "normalisation": {"pixel_mean_01": list(module.pixel_mean_01), "pixel_std_01": list(module.pixel_std_01),
+                              "note": normalisation_note},
+            "size_divisibility": module.size_divisibility,
+        }
+
     normalisation_note = ("RGB scaled to 0-1, (x - mean) / std per channel, resized to fit the fixed H x W (aspect "
                           "kept), zero-padded bottom/right after normalisation")
     sidecar = {
@@ -519,24 +532,12 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
         "exporter": exporter,
         "precision": "fp32",
         "generator": {
-            "file": gen_path.name,
-            "sha256": sha256(gen_path),
-            "model_hash": module_content_hash(generator),
-            **onnx_io_shapes(gen_path),
-            "normalisation": {"pixel_mean_01": list(generator.pixel_mean_01),
-                              "pixel_std_01": list(generator.pixel_std_01), "note": normalisation_note},
-            "size_divisibility": generator.size_divisibility,
+            **engine_entry(gen_path, generator),
             "num_queries": num_queries,
             "class_logits": "closed training vocabulary, void last",
         },
         "classifier": {
-            "file": cls_path.name,
-            "sha256": sha256(cls_path),
-            "model_hash": module_content_hash(classifier),
-            **onnx_io_shapes(cls_path),
-            "normalisation": {"pixel_mean_01": list(classifier.pixel_mean_01),
-                              "pixel_std_01": list(classifier.pixel_std_01), "note": normalisation_note},
-            "size_divisibility": classifier.size_divisibility,
+            **engine_entry(cls_path, classifier),
             "family": getattr(classifier, "family", None),
             "embed_dim": classifier.embed_dim,
             "mask_probs": "sigmoid(generator mask_logits), bilinear to the padded generator input, unpadded, "

@@ -18,7 +18,6 @@ import argparse
 import collections
 import gc
 import json
-import signal
 import sys
 import threading
 import time
@@ -34,7 +33,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
@@ -42,6 +40,7 @@ from std_msgs.msg import String
 from ovs_ros.image_codec import ImageDecodeError, check_image_msg, compressed_msg_to_rgb, image_msg_to_rgb, to_image_msg
 from ovs_ros.node_params import MAX_SEMANTIC_CLASSES, PARAMS_BY_NAME, VOCABULARY_PARAMS, check_choice, declare_all
 from ovs_ros.results import SEGMENTS_SCHEMA_VERSION
+from ovs_ros.ros_session import ros_session
 
 try:  # rclpy >= Humble has managed nodes; keep a plain-node fallback for anything older
     from rclpy.lifecycle import LifecycleNode as _BaseNode
@@ -763,15 +762,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     could not start (e.g. a bad segmenter config)."""
     argv = list(sys.argv if argv is None else argv)
     cli, ros_argv = _parse_cli(argv)
-    # Our own SIGINT/SIGTERM handlers: they only set a flag that the spin loop below checks every 0.2 s, so the
-    # worker is joined and the model released on the main thread, with no KeyboardInterrupt raised mid-callback.
-    rclpy.init(args=ros_argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
+    with ros_session(ros_argv) as stop:
+        return _run_node(cli, stop)
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+def _run_node(cli: argparse.Namespace, stop: threading.Event) -> int:
+    """Spin until a signal (`stop`) or a failed start; the worker is joined and the model released here."""
     node: Optional[OvsNode] = None
     code = 0
     try:
@@ -798,11 +794,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 node.destroy_node()
             except Exception:
                 pass
-        rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

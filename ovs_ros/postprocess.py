@@ -10,7 +10,7 @@ trailing void column (`[Q, K + 1]`); masks are probabilities (sigmoid already ap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -243,6 +243,20 @@ def semantic_map(panoptic: Tensor, segment_class: Tensor, void_id: int) -> Tenso
     lut = torch.cat([torch.tensor([void_id], dtype=torch.long, device=panoptic.device),
                      segment_class.to(device=panoptic.device, dtype=torch.long)])
     return lut[panoptic.long()].to(torch.int32)
+
+
+def panoptic_at_size(merge: "PanopticMergeOutput", size_hw: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The merged id map resized (nearest) to `size_hw`, with each segment's area and xywh box measured there.
+
+    The merge runs on the generator frame; resizing the id map, not Q soft masks, keeps the output size free.
+    """
+    panoptic = merge.panoptic
+    if tuple(panoptic.shape) != tuple(size_hw):
+        panoptic = torch.nn.functional.interpolate(panoptic[None, None].float(), size=tuple(size_hw),
+                                                   mode="nearest")[0, 0].to(torch.int32)
+    num_segments = merge.num_segments
+    areas = torch.bincount(panoptic.flatten().long(), minlength=num_segments + 1)[1:num_segments + 1]
+    return panoptic, areas, segment_boxes(panoptic, num_segments)
 
 
 def semantic_probs(mask_probs: Tensor, class_probs: Tensor) -> Tensor:

@@ -12,7 +12,6 @@ same checks as the node (ovs_ros/image_codec.py) and re-published with a fresh s
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from ovs_ros.image_codec import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_compressed_bytes
+from ovs_ros.ros_session import ros_session
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -200,9 +200,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rclpy.signals import SignalHandlerOptions
     from rclpy.utilities import remove_ros_args
 
     args = _parse(remove_ros_args(argv)[1:])
@@ -212,9 +209,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ovs-replay: {exc}", file=sys.stderr)
         return 2
 
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with ros_session(argv) as stop:
+        return _publish_frames(args, source, stop)
+
+
+def _publish_frames(args: argparse.Namespace, source: "FrameSource", stop: threading.Event) -> int:
+    """Publish `source` as the arguments say until it ends, `--max-frames` or a signal; the exit code."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
     node = rclpy.create_node("ovs_replay")
     log = node.get_logger()
     code = 0
@@ -285,9 +288,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.warning(f"{source.skipped} unreadable frames skipped")
         log.info(f"published {published} frames")
         node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return code
 
 

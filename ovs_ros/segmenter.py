@@ -23,14 +23,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ovs_ros.model_factory import LoadedModels, build_models
 from ovs_ros.postprocess import (
     build_segments,
     ensemble_class_probs,
+    panoptic_at_size,
     panoptic_merge,
-    segment_boxes,
+    semantic_map,
 )
 from ovs_ros.preprocess import (
     ResizeSpec,
@@ -257,16 +257,9 @@ class Segmenter:
                 object_mask_threshold=self.config.object_mask_threshold,
                 overlap_threshold=self.config.overlap_threshold,
             )
-            panoptic = merged.panoptic
-            if panoptic.shape != (height, width):
-                panoptic = F.interpolate(panoptic[None, None].float(), size=(height, width), mode="nearest")[0, 0]
-                panoptic = panoptic.to(torch.int32)
-            num_segments = int(merged.segment_class.numel())
-            areas = torch.bincount(panoptic.flatten().long(), minlength=num_segments + 1)[1:]
-            boxes = segment_boxes(panoptic, num_segments)
+            panoptic, areas, boxes = panoptic_at_size(merged, (height, width))
             void_id = len(state.labels)
-            lut = torch.cat([torch.tensor([void_id], device=panoptic.device), merged.segment_class.to(panoptic.device)])
-            semantic = lut[panoptic.long()].to(torch.int32)
+            semantic = semantic_map(panoptic, merged.segment_class, void_id)
         with timer.stage("to_host"):
             panoptic_np = panoptic.cpu().numpy()
             semantic_np = semantic.cpu().numpy()
