@@ -471,9 +471,10 @@ def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Modul
 # `ovs-export`.
 
 
-def _default_hw(short_side: int, long_side: int, divisibility: int) -> Tuple[int, int]:
+def _default_hw(short_side: int, long_side: Optional[int], divisibility: int) -> Tuple[int, int]:
+    """Landscape engine shape: (short side, long-side cap), or a 4:3 frame (the common robot camera) with no cap."""
     up = lambda s: -(-int(s) // divisibility) * divisibility  # noqa: E731
-    return up(short_side), up(long_side)
+    return up(short_side), up(long_side if long_side is not None else round(short_side * 4 / 3))
 
 
 def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET,

@@ -108,24 +108,45 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
             LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity "
                         "(cosine x logit scale, mean over templates)")
         return classifier, psm, None, settings.pretrained is not None
-    psm_kind = card.psm if card and card.psm else settings.psm
-    templates = card.template_set if card else None
-    psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
     fmt = card.format if card is not None else _format_of(checkpoint)
+    psm_kind, templates = _psm_of(card, checkpoint, fmt, settings)
+    psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
     loader = load_ovs_classifier_checkpoint if fmt == "ovs_safetensors" else load_maskclippp_checkpoint
     loader(classifier, psm, checkpoint)
-    return classifier, psm, templates, True
+    if settings.pretrained is None:
+        LOG.warning("classifier checkpoint %s holds only the fine-tuned tensors, and no base CLIP weights are "
+                    "configured (classifier.pretrained, or the card's base_clip_pretrained): the rest is random",
+                    checkpoint)
+    return classifier, psm, templates, settings.pretrained is not None
 
 
 def _format_of(path: str) -> str:
     """Checkpoint format of an explicit file (no card): our own safetensors say so in their metadata."""
+    return "ovs_safetensors" if _ovs_metadata(path).get("format") == "ovs_safetensors" else "maskclippp_pth"
+
+
+def _ovs_metadata(path: str) -> dict:
     if str(path).endswith(".safetensors") and Path(path).is_file():
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("format") == "ovs_safetensors":
-                return "ovs_safetensors"
-    return "maskclippp_pth"
+            return dict(f.metadata() or {})
+    return {}
+
+
+def _psm_of(card: Optional[ModelCard], checkpoint: str, fmt: str, settings: ClassifierSettings) -> tuple:
+    """(PSM kind, template set) of a fine-tuned checkpoint: its card says, else an ovs_safetensors file's own
+    metadata (written by ovs_training's export), else the config. The template set belongs to the weights."""
+    if card is not None and card.psm:
+        return card.psm, card.template_set
+    meta = _ovs_metadata(checkpoint) if fmt == "ovs_safetensors" else {}
+    if meta.get("model_name") and meta["model_name"] != settings.model_name:
+        raise ValueError(f"{checkpoint} was exported from {meta['model_name']!r}, but the config builds "
+                         f"{settings.model_name!r}")
+    if meta.get("psm"):
+        return meta["psm"], meta.get("template_set") or None
+    raise ValueError(f"classifier checkpoint {checkpoint} has no model card and no PSM metadata: set classifier.card "
+                     "to a card (models/*.yaml) that names its PSM and template set")
 
 
 def _num_templates(template_set: Optional[str]) -> Optional[int]:

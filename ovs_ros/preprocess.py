@@ -19,22 +19,26 @@ class ResizeSpec:
     """How one branch sizes its input.
 
     short_side: the image's short side is resized to this many pixels (aspect ratio kept) ...
-    max_long_side: ... unless that makes the long side longer than this, then the long side is capped.
+    max_long_side: ... unless that makes the long side longer than this, then the long side is capped (None: no cap,
+        as MaskCLIP++'s CLIP branch).
     size_divisibility: the resized image is zero-padded bottom/right to a multiple of this (the stride or patch size).
     fixed_hw: if set, pad to exactly this (H, W) instead, so engines see one fixed shape (the image is resized to fit).
+    antialias: antialias when shrinking. On for the generator (detectron2 resizes with PIL); off for CLIP, which in
+        the reference is a plain `F.interpolate` of the generator-sized image (see `clip_source`).
     """
 
     short_side: int
-    max_long_side: int
+    max_long_side: Optional[int]
     size_divisibility: int
     fixed_hw: Optional[Tuple[int, int]] = None
+    antialias: bool = True
 
     def resized_hw(self, height: int, width: int) -> Tuple[int, int]:
         if self.fixed_hw is not None:
             scale = min(self.fixed_hw[0] / height, self.fixed_hw[1] / width)
         else:
             scale = self.short_side / min(height, width)
-            if max(height, width) * scale > self.max_long_side:
+            if self.max_long_side is not None and max(height, width) * scale > self.max_long_side:
                 scale = self.max_long_side / max(height, width)
         return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
 
@@ -51,6 +55,7 @@ class BranchInput:
 
     pixel_values: torch.Tensor  # [1, 3, Hp, Wp] normalised, zero-padded (zero *after* normalisation)
     valid_hw: Tuple[int, int]  # (h, w) of the resized image inside the padded tensor (top-left corner)
+    resized_01: Optional[torch.Tensor] = None  # [1, 3, h, w] the resized image in 0..1, before normalisation
 
 
 def image_to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -66,12 +71,13 @@ def prepare_branch(
     pixel_std_01: Sequence[float],
     dtype: torch.dtype = torch.float32,
 ) -> BranchInput:
-    """Resize (bilinear, antialiased when shrinking, like PIL), normalise, zero-pad to the branch's shape."""
+    """Resize (bilinear; antialiased when shrinking if the spec says so), normalise, zero-pad to the branch's shape."""
     _, _, height, width = image_01.shape
     resized_hw = spec.resized_hw(height, width)
     if resized_hw != (height, width):
         shrinking = resized_hw[0] < height
-        image_01 = F.interpolate(image_01, size=resized_hw, mode="bilinear", align_corners=False, antialias=shrinking)
+        image_01 = F.interpolate(image_01, size=resized_hw, mode="bilinear", align_corners=False,
+                                 antialias=shrinking and spec.antialias)
     mean = torch.tensor(pixel_mean_01, device=image_01.device, dtype=image_01.dtype).view(1, 3, 1, 1)
     std = torch.tensor(pixel_std_01, device=image_01.device, dtype=image_01.dtype).view(1, 3, 1, 1)
     normalised = (image_01 - mean) / std
@@ -79,7 +85,21 @@ def prepare_branch(
     pad_bottom, pad_right = padded_hw[0] - resized_hw[0], padded_hw[1] - resized_hw[1]
     if pad_bottom or pad_right:
         normalised = F.pad(normalised, (0, pad_right, 0, pad_bottom), value=0.0)
-    return BranchInput(pixel_values=normalised.to(dtype), valid_hw=resized_hw)
+    return BranchInput(pixel_values=normalised.to(dtype), valid_hw=resized_hw, resized_01=image_01)
+
+
+def clip_source(image_01: torch.Tensor, generator_input: BranchInput, clip_spec: ResizeSpec) -> torch.Tensor:
+    """The image the CLIP branch resizes from: the generator-sized image, as in MaskCLIP++ (its CLIP input is a
+    non-antialiased `F.interpolate` of the detectron2-resized, i.e. antialiased, image), when that is at least as
+    large as the CLIP input; else the camera frame itself, so a small generator input never blurs CLIP's view."""
+    resized = generator_input.resized_01
+    if resized is None:
+        return image_01
+    _, _, height, width = image_01.shape
+    clip_hw = clip_spec.resized_hw(height, width)
+    if resized.shape[-2] >= clip_hw[0] and resized.shape[-1] >= clip_hw[1]:
+        return resized
+    return image_01
 
 
 def generator_mask_probs(mask_logits: torch.Tensor, generator_input: BranchInput) -> torch.Tensor:

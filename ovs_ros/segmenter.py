@@ -34,13 +34,14 @@ from ovs_ros.postprocess import (
 )
 from ovs_ros.preprocess import (
     ResizeSpec,
+    clip_source,
     generator_mask_probs,
     image_to_tensor,
     masks_to_clip_frame,
     prepare_branch,
 )
 from ovs_ros.results import PanopticResult
-from ovs_ros.segmenter_config import SegmenterConfig, load_segmenter_config
+from ovs_ros.segmenter_config import SegmenterConfig, apply_card_defaults, load_segmenter_config
 from ovs_ros.text_cache import TextEmbeddingCache, VocabularyEmbeddings
 from ovs_ros.models.clip import mask_class_logits
 from ovs_ros.vocabulary import Vocabulary, VocabularyError, seen_classes, train_to_test_lut
@@ -85,6 +86,7 @@ class Segmenter:
     """Open-vocabulary panoptic segmentation of one RGB frame at a time."""
 
     def __init__(self, config: SegmenterConfig, models: LoadedModels) -> None:
+        config = apply_card_defaults(config)  # a hand-built config may leave card settings open
         self.config = config
         self.models = models
         self.device = models.device
@@ -111,6 +113,7 @@ class Segmenter:
             max_long_side=config.classifier.max_long_side,
             size_divisibility=self.classifier.size_divisibility,
             fixed_hw=config.classifier.fixed_hw,
+            antialias=False,
         )
         cache_dir = Path(config.text_cache_dir).expanduser() if config.text_cache_dir else None
         self.text_cache = TextEmbeddingCache(
@@ -221,7 +224,8 @@ class Segmenter:
                 image_01, self._generator_spec, self.generator.pixel_mean_01, self.generator.pixel_std_01, self.dtype
             )
             clip_in = prepare_branch(
-                image_01, self._clip_spec, self.classifier.pixel_mean_01, self.classifier.pixel_std_01, self.dtype
+                clip_source(image_01, gen_in, self._clip_spec), self._clip_spec, self.classifier.pixel_mean_01,
+                self.classifier.pixel_std_01, self.dtype
             )
         with timer.stage("generator"):
             generated = self.generator(gen_in.pixel_values)

@@ -15,7 +15,7 @@ class GeneratorSettings:
     architecture: str = "mask2former/tiny"  # "mask2former/<variant>": tiny, swin_tiny_coco_panoptic, ...
     card: Optional[str] = None  # model card (models/*.yaml or a name) naming the real weights
     checkpoint: Optional[str] = None  # explicit local weights file; overrides the card
-    input_short_side: int = 640  # generator input size (short side, pixels)
+    input_short_side: Optional[int] = None  # generator input size (short side, pixels); None = the card's, else 640
     max_long_side: int = 1066  # cap on the long side (pixels)
     fixed_hw: Optional[Tuple[int, int]] = None  # pad every frame to exactly this (H, W): one engine shape
     training_vocabulary: str = "coco_panoptic"  # tiny only: the closed vocabulary its random head stands for
@@ -27,11 +27,12 @@ class ClassifierSettings:
     """The CLIP mask classifier."""
 
     model_name: str = "tiny-eva"  # open_clip architecture name ("EVA02-B-16", ...) or a tiny test model ("tiny-eva")
-    pretrained: Optional[str] = None  # open_clip tag or local file of the *base* CLIP weights; None = random weights
+    pretrained: Optional[str] = None  # open_clip tag or local file of the *base* CLIP weights; None = the card's
+    # `base_clip_pretrained`, and with no card random weights
     card: Optional[str] = None  # MaskCLIP++ fine-tuned weights card (PSM + tuned tensors)
     checkpoint: Optional[str] = None  # explicit local MaskCLIP++ checkpoint; overrides the card
-    input_short_side: int = 384  # CLIP branch input size (corrections.md 15)
-    max_long_side: int = 640
+    input_short_side: Optional[int] = None  # CLIP branch input size (corrections.md 15); None = the card's, else 384
+    max_long_side: Optional[int] = None  # None = no cap, as MaskCLIP++ (a cap changes the published setting)
     fixed_hw: Optional[Tuple[int, int]] = None
     psm: str = "identity"  # similarity without fine-tuned weights; a checkpoint's card decides otherwise
     random_seed: int = 0
@@ -46,7 +47,7 @@ class SegmenterConfig:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     vocabulary: Union[str, List[str]] = "coco_panoptic"  # name in config/vocabularies/, a YAML path, or a list
     template_set: str = "t14"  # t1 | t14 | t80; a classifier checkpoint's card overrides it
-    ensemble_alpha: float = 0.9  # exponent on the CLIP probability for seen classes (corrections.md 9)
+    ensemble_alpha: Optional[float] = None  # exponent on CLIP for seen classes (corrections.md 9); None = card's or 0.9
     ensemble_beta: float = 1.0  # ... for unseen classes (1.0 = CLIP only)
     object_mask_threshold: float = 0.0  # corrections.md 11
     overlap_threshold: float = 0.8
@@ -75,7 +76,7 @@ class SegmenterConfig:
                     "model's size_divisibility (e.g. generator [512, 704], classifier [384, 512])")
         for name in ("ensemble_alpha", "ensemble_beta", "object_mask_threshold", "overlap_threshold"):
             value = getattr(self, name)
-            if not 0.0 <= float(value) <= 1.0:
+            if value is not None and not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {value}")
 
 
@@ -102,4 +103,59 @@ def load_segmenter_config(
             if not isinstance(target, dict):
                 raise ConfigError(f"override {key}: {parent} is not a section")
         target[leaf] = value
-    return dataclass_from_dict(SegmenterConfig, data)
+    return apply_card_defaults(dataclass_from_dict(SegmenterConfig, data))
+
+
+# What a setting falls back to when neither the config nor a model card gives it.
+FALLBACK_GENERATOR_SHORT_SIDE = 640
+FALLBACK_CLASSIFIER_SHORT_SIDE = 384
+FALLBACK_ENSEMBLE_ALPHA = 0.9
+
+
+def apply_card_defaults(config: SegmenterConfig) -> SegmenterConfig:
+    """Fill the settings a config leaves open (None) from its model cards, then from the fallbacks above.
+
+    A card carries the setting its published numbers were made with (CLIP input size, ensemble exponent, base CLIP
+    weights), so a config that names the card gets them without repeating them; a value the config sets wins. A card
+    whose architecture differs from the configured one is refused: its weights would not load, or worse, half load.
+    Idempotent.
+    """
+    import dataclasses
+
+    gen_card = _card(config.generator.card)
+    cls_card = _card(config.classifier.card)
+    if gen_card is not None and gen_card.architecture != config.generator.architecture:
+        raise ConfigError(f"generator card {gen_card.name!r} is for {gen_card.architecture!r}, but the config builds "
+                          f"{config.generator.architecture!r}")
+    if cls_card is not None and cls_card.architecture != config.classifier.model_name:
+        raise ConfigError(f"classifier card {cls_card.name!r} is for {cls_card.architecture!r}, but the config builds "
+                          f"{config.classifier.model_name!r}")
+
+    def pick(value: Any, card: Any, field_name: str, fallback: Any) -> Any:
+        if value is not None:
+            return value
+        from_card = getattr(card, field_name, None) if card is not None else None
+        return from_card if from_card is not None else fallback
+
+    generator = dataclasses.replace(config.generator, input_short_side=pick(
+        config.generator.input_short_side, gen_card, "input_short_side", FALLBACK_GENERATOR_SHORT_SIDE))
+    classifier = dataclasses.replace(
+        config.classifier,
+        input_short_side=pick(config.classifier.input_short_side, cls_card, "input_short_side",
+                              FALLBACK_CLASSIFIER_SHORT_SIDE),
+        pretrained=pick(config.classifier.pretrained, cls_card, "base_clip_pretrained", None),
+    )
+    alpha = pick(config.ensemble_alpha, cls_card, "ensemble_alpha", FALLBACK_ENSEMBLE_ALPHA)
+    return dataclasses.replace(config, generator=generator, classifier=classifier, ensemble_alpha=alpha)
+
+
+def _card(name: Optional[str]) -> Any:
+    if not name:
+        return None
+    from ovs_ros.models.cards import ModelCard
+    from ovs_ros.paths import resolve_data_path
+
+    try:
+        return ModelCard.from_yaml(resolve_data_path(name, "models"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model card {name!r}: {exc}") from exc

@@ -348,3 +348,64 @@ def test_text_tower_matches_open_clip_and_fingerprint_tracks_weights(family):
         param.copy_(original)
         next(clf_copy.model.visual.parameters()).add_(1.0)
     assert clf_copy.text_fingerprint() == fp
+
+
+def test_mask_logit_scale_starts_at_minus_5_and_row_0_is_the_last_block(monkeypatch):
+    """corrections.md 5: `[3, heads]`, initialised at -5, and MaskCLIP++ counts the rows from the last block."""
+    import ovs_ros.models.clip.mask_tokens as mask_tokens
+
+    torch.manual_seed(0)
+    fresh = ClipClassifier.from_open_clip(_tiny_eva_model(), ClipClassifierConfig(model_name="tiny-eva"))
+    assert fresh.mask_logit_scale.shape == (3, 4)
+    assert torch.equal(fresh.mask_logit_scale, torch.full((3, 4), -5.0))
+    with torch.no_grad():  # row r holds the value r everywhere, so each block's row can be read off its bias call
+        fresh.mask_logit_scale.copy_(torch.arange(3.0).view(3, 1).expand(3, 4))
+    rows_in_block_order = []
+    real_bias = mask_tokens.masks_to_patch_bias
+
+    def recording_bias(grid_masks, row):
+        rows_in_block_order.append(int(row[0]))
+        return real_bias(grid_masks, row)
+
+    monkeypatch.setattr(mask_tokens, "masks_to_patch_bias", recording_bias)
+    with torch.no_grad():
+        fresh.encode_masks(_pixels(1, NATIVE, NATIVE), _soft_masks(1, 2, NATIVE, NATIVE))
+    assert rows_in_block_order == [2, 1, 0]  # the last of the 3 mask-token blocks uses row 0
+
+
+# The architectures MaskCLIP++ and the README name: (open_clip name, family, patch/stride, D, native input size).
+PUBLISHED_CLIPS = [
+    ("EVA02-B-16", "eva", 16, 512, 224),
+    ("EVA02-L-14-336", "eva", 14, 768, 336),
+    ("ViT-B-16", "vit", 16, 512, 224),
+    ("ViT-L-14-336", "vit", 14, 768, 336),
+    ("convnext_base_w_320", "convnext", 32, 640, 320),
+    ("convnext_large_d_320", "convnext", 32, 768, 320),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,family,stride,dim,native", PUBLISHED_CLIPS, ids=[c[0] for c in PUBLISHED_CLIPS])
+def test_published_architectures_build_with_random_weights(name, family, stride, dim, native):
+    """Every named architecture builds from open_clip (random weights: none can be downloaded here), and its
+    image path, with mask tokens or mask pooling running, equals open_clip's `encode_image`."""
+    torch.manual_seed(0)
+    clf = ClipClassifier(ClipClassifierConfig(model_name=name)).eval()
+    assert clf.family == family and clf.size_divisibility == stride and clf.embed_dim == dim
+    if family == "convnext":
+        assert clf.mask_logit_scale is None
+    else:
+        heads = vit_blocks(family, clf.model.visual)[-1].attn.num_heads
+        assert clf.mask_logit_scale.shape == (3, heads)
+    px = _pixels(1, native, native)
+    masks = torch.ones(1, 2, native, native)
+    masks[:, 1, : native // 2] = 0.0
+    with torch.no_grad():
+        ref = clf.model.encode_image(px)
+        out = clf.encode_masks(px, masks)
+    assert out.mask_embeddings.shape == (1, 2, dim) and torch.isfinite(out.mask_embeddings).all()
+    tolerance = 1e-4 * max(1.0, float(ref.abs().max()))
+    assert (out.image_embeddings - ref).abs().max() <= tolerance
+    if family == "convnext":  # a full-image mask pools the whole map: CLIP's own image embedding
+        assert (out.mask_embeddings[:, 0] - ref).abs().max() <= tolerance
+    del clf

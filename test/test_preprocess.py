@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from ovs_ros.preprocess import (
     ResizeSpec,
+    clip_source,
     generator_mask_probs,
     image_to_tensor,
     masks_to_clip_frame,
@@ -42,3 +43,25 @@ def test_mask_chain_order_matches_reference():
     assert in_clip.shape[-2:] == clip.pixel_values.shape[-2:]
     h, w = clip.valid_hw
     assert in_clip[..., h:, :].abs().max() == 0 and in_clip[..., :, w:].abs().max() == 0
+
+
+def test_no_long_side_cap_and_clip_branch_is_not_antialiased():
+    """MaskCLIP++'s CLIP branch: short side only (no cap) and a plain bilinear `F.interpolate` (corrections.md 15)."""
+    uncapped = ResizeSpec(short_side=384, max_long_side=None, size_divisibility=16, antialias=False)
+    assert uncapped.resized_hw(720, 1280) == (384, 683)
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 120, 160)
+    branch = prepare_branch(image, ResizeSpec(30, None, 2, antialias=False), (0, 0, 0), (1, 1, 1))
+    plain = F.interpolate(image, size=(30, 40), mode="bilinear", align_corners=False, antialias=False)
+    torch.testing.assert_close(branch.pixel_values, plain)
+    smoothed = prepare_branch(image, ResizeSpec(30, None, 2), (0, 0, 0), (1, 1, 1))
+    assert (smoothed.pixel_values - plain).abs().max() > 0.05  # the generator branch antialiases
+
+
+def test_clip_resizes_from_the_generator_image_when_it_is_large_enough():
+    image = torch.rand(1, 3, 480, 640)
+    gen = prepare_branch(image, ResizeSpec(240, 1066, 32), (0, 0, 0), (1, 1, 1))
+    assert gen.resized_01.shape[-2:] == (240, 320)
+    assert clip_source(image, gen, ResizeSpec(224, None, 16, antialias=False)) is gen.resized_01
+    # A generator input smaller than CLIP's would blur it: then CLIP resizes the camera frame itself.
+    assert clip_source(image, gen, ResizeSpec(384, None, 16, antialias=False)) is image

@@ -150,3 +150,23 @@ def test_out_of_memory_is_reported_and_segmenter_recovers(segmenter, photo, monk
         segmenter.segment(photo)
     monkeypatch.setattr(segmenter.generator, "forward", real_forward)
     assert segmenter.segment(photo).panoptic.shape == photo.shape[:2]
+
+
+def test_model_cards_supply_the_settings_a_config_leaves_open():
+    """A config naming a card gets its CLIP input size, ensemble exponent and base CLIP weights; explicit values
+    win; a card for another architecture is refused before anything is built."""
+    convnext = {"classifier": {"model_name": "convnext_base_w_320", "card": "maskclippp_convnext_b_coco_panoptic"}}
+    config = load_segmenter_config(convnext)
+    assert config.classifier.input_short_side == 512 and config.ensemble_alpha == 0.6
+    assert config.classifier.pretrained == "laion_aesthetic_s13b_b82k_augreg"
+    assert config.classifier.max_long_side is None
+    assert config.generator.input_short_side == 640  # no generator card: the fallback
+    explicit = load_segmenter_config(convnext, {"classifier.input_short_side": 320, "ensemble_alpha": 0.5})
+    assert explicit.classifier.input_short_side == 320 and explicit.ensemble_alpha == 0.5
+    large = load_segmenter_config({"generator": {"architecture": "mask2former/swin_large_coco_panoptic",
+                                                 "card": "mask2former_swin_large_coco_panoptic"}})
+    assert large.generator.input_short_side == 800
+    with pytest.raises(ConfigError, match="is for 'EVA02-B-16'"):
+        load_segmenter_config({"classifier": {"model_name": "ViT-B-16", "card": "maskclippp_eva02_b16_coco_panoptic"}})
+    with pytest.raises(ConfigError, match="model card 'no_such_card'"):
+        load_segmenter_config({"classifier": {"card": "no_such_card"}})

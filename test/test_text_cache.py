@@ -248,6 +248,7 @@ def test_warm_switch_is_fast(capsys, assembled_lru):
         print(f"\n[timing] warm vocabulary switch, assembled_lru={assembled_lru} "
               f"(150 classes, 300-450 phrases x 14 x 768): "
               f"best {best:.2f} ms, median {median:.2f} ms")
+    assert best < 5.0  # the bar (issue 5): warm switch <= 5 ms from memory; best-of-40 is robust to a loaded CI box
     assert median < 50
 
 

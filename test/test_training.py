@@ -187,9 +187,31 @@ def test_segmenter_model_factory_loads_the_card(trained):
     trainer, result = trained
     settings = ClassifierSettings(model_name="tiny-eva", card=str(result.export["card"]), input_short_side=96)
     classifier, psm, template_set, real = build_classifier(settings, result.export["weights"].parent)
-    assert template_set == "t14" and real
+    assert template_set == "t14"
+    assert not real  # only the tuned tensors are in the file, and the tiny base CLIP is random: never "real"
     torch.testing.assert_close(psm.state_dict(), trainer.model.psm.state_dict())
     torch.testing.assert_close(classifier.state_dict(), trainer.model.classifier.state_dict())
+
+
+def test_cardless_export_takes_psm_and_templates_from_its_metadata(trained, tmp_path):
+    """A bare exported file (no card) still loads its LinearPSM with the templates it was trained with; a file from
+    another architecture, or a MaskCLIP++ .pth with no card, is refused with a reason."""
+    from ovs_ros.model_factory import build_classifier
+    from ovs_ros.segmenter_config import ClassifierSettings
+
+    trainer, result = trained
+    weights = result.export["weights"]
+    settings = ClassifierSettings(model_name="tiny-eva", checkpoint=str(weights), input_short_side=96)
+    _, psm, template_set, _ = build_classifier(settings, None)
+    assert template_set == "t14" and type(psm).__name__ == type(trainer.model.psm).__name__
+    torch.testing.assert_close(psm.state_dict(), trainer.model.psm.state_dict())
+    with pytest.raises(ValueError, match="exported from"):
+        build_classifier(ClassifierSettings(model_name="tiny-vit", checkpoint=str(weights), input_short_side=96),
+                         None)
+    bare = tmp_path / "maskclippp.pth"
+    torch.save({"model": {}}, bare)
+    with pytest.raises(ValueError, match="no model card"):
+        build_classifier(ClassifierSettings(model_name="tiny-eva", checkpoint=str(bare), input_short_side=96), None)
 
 
 def test_exported_weights_run_in_the_segmenter(trained):

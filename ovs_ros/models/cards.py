@@ -87,7 +87,10 @@ def resolve_weights(card: ModelCard, weights_dir: Optional[Path] = None, *, allo
             f"weights for model card '{card.name}' not found: {destination} is missing. To fix: "
             f"{card.how_to_get(weights_dir / card.filename)} (or set OVS_ROS_WEIGHTS to the folder holding it)."
         )
-    if card.sha256:
+    if not card.sha256:
+        LOG.info("model card '%s' records no sha256, so %s is not verified; once you trust the file, add "
+                 "`sha256: <output of sha256sum %s>` to the card", card.name, destination, destination)
+    else:
         actual = sha256_of(destination)
         if actual != card.sha256.lower():
             raise ChecksumMismatchError(

@@ -124,7 +124,8 @@ def load_maskclippp_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], 
     if not path.is_file():
         raise FileNotFoundError(f"MaskCLIP++ checkpoint not found: {path}")
     if getattr(classifier, "family", None) != "eva":
-        raise ValueError(f"MaskCLIP++ EVA checkpoints need an EVA classifier, got family "
+        raise ValueError("MaskCLIP++ checkpoints load through the EVA key map only (corrections.md item 4; the "
+                         "ConvNeXt/PseudoText map is not written yet), got a classifier of family "
                          f"{getattr(classifier, 'family', None)!r}")
     visual_sd, psm_sd, mask_logit_scale = convert_maskclippp_eva_state_dict(_load_file(path))
     classifier.model.visual.load_state_dict(visual_sd, strict=True)
