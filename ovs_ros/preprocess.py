@@ -25,6 +25,8 @@ class ResizeSpec:
     fixed_hw: if set, pad to exactly this (H, W) instead, so engines see one fixed shape (the image is resized to fit).
     antialias: antialias when shrinking. On for the generator (detectron2 resizes with PIL); off for CLIP, which in
         the reference is a plain `F.interpolate` of the generator-sized image (see `clip_source`).
+    floor_sizes: round sizes down, as MaskCLIP++'s CLIP branch (`int(w * size / h)`); otherwise round half up, as
+        detectron2's `ResizeShortestEdge` (`int(x + 0.5)`).
     """
 
     short_side: int
@@ -32,6 +34,7 @@ class ResizeSpec:
     size_divisibility: int
     fixed_hw: Optional[Tuple[int, int]] = None
     antialias: bool = True
+    floor_sizes: bool = False
 
     def resized_hw(self, height: int, width: int) -> Tuple[int, int]:
         if self.fixed_hw is not None:
@@ -40,7 +43,8 @@ class ResizeSpec:
             scale = self.short_side / min(height, width)
             if self.max_long_side is not None and max(height, width) * scale > self.max_long_side:
                 scale = self.max_long_side / max(height, width)
-        return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+        offset = 0.0 if self.floor_sizes else 0.5
+        return max(1, int(height * scale + offset)), max(1, int(width * scale + offset))
 
     def padded_hw(self, resized_hw: Tuple[int, int]) -> Tuple[int, int]:
         if self.fixed_hw is not None:

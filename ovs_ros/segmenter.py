@@ -114,6 +114,7 @@ class Segmenter:
             size_divisibility=self.classifier.size_divisibility,
             fixed_hw=config.classifier.fixed_hw,
             antialias=False,
+            floor_sizes=True,
         )
         cache_dir = Path(config.text_cache_dir).expanduser() if config.text_cache_dir else None
         self.text_cache = TextEmbeddingCache(

@@ -47,8 +47,11 @@ def test_mask_chain_order_matches_reference():
 
 def test_no_long_side_cap_and_clip_branch_is_not_antialiased():
     """MaskCLIP++'s CLIP branch: short side only (no cap) and a plain bilinear `F.interpolate` (corrections.md 15)."""
-    uncapped = ResizeSpec(short_side=384, max_long_side=None, size_divisibility=16, antialias=False)
-    assert uncapped.resized_hw(720, 1280) == (384, 683)
+    uncapped = ResizeSpec(short_side=384, max_long_side=None, size_divisibility=16, antialias=False, floor_sizes=True)
+    assert uncapped.resized_hw(720, 1280) == (384, 682)  # MaskCLIP++: int(1280 * 384 / 720) = int(682.67)
+    assert uncapped.resized_hw(1280, 720) == (682, 384)
+    # detectron2 ResizeShortestEdge rounds half up (int(x + 0.5)), not to even as Python's round() would
+    assert ResizeSpec(short_side=3, max_long_side=None, size_divisibility=1).resized_hw(2, 3) == (3, 5)
     torch.manual_seed(0)
     image = torch.rand(1, 3, 120, 160)
     branch = prepare_branch(image, ResizeSpec(30, None, 2, antialias=False), (0, 0, 0), (1, 1, 1))
