@@ -170,3 +170,33 @@ def test_model_cards_supply_the_settings_a_config_leaves_open():
         load_segmenter_config({"classifier": {"model_name": "ViT-B-16", "card": "maskclippp_eva02_b16_coco_panoptic"}})
     with pytest.raises(ConfigError, match="model card 'no_such_card'"):
         load_segmenter_config({"classifier": {"card": "no_such_card"}})
+
+
+@pytest.mark.slow
+def test_realtime_architecture_segments_a_camera_frame(monkeypatch):
+    """The real-time architecture (EVA02-B/16 CLIP at 384 + Mask2Former Swin-T at 640), random weights, on a 16:9
+    frame: both branches get the sizes the references use, and the result is a consistent panoptic map."""
+    import ovs_ros.segmenter as segmenter_module
+    from ovs_ros.preprocess import prepare_branch as real_prepare_branch
+
+    shapes = []
+
+    def recording_prepare_branch(image_01, spec, *args, **kwargs):
+        branch = real_prepare_branch(image_01, spec, *args, **kwargs)
+        shapes.append((tuple(image_01.shape[-2:]), branch.valid_hw, tuple(branch.pixel_values.shape[-2:])))
+        return branch
+
+    monkeypatch.setattr(segmenter_module, "prepare_branch", recording_prepare_branch)
+    seg = Segmenter.from_config("eva02_b16_swin_tiny_random", {"device": "cpu", "template_set": "t1",
+                                                               "vocabulary": ["person", "rocket", "stuff:sky"]})
+    frame = np.ascontiguousarray(np.resize(sample_image("astronaut"), (360, 640, 3)))
+    result = seg.segment(frame)
+    generator_shapes, clip_shapes = shapes
+    # generator: short side 640 would make the long side 1138 > 1066, so the long side is capped; padded to /32
+    assert generator_shapes == ((360, 640), (600, 1066), (608, 1088))
+    # CLIP resizes the generator-sized image: short side 384, long side int(1066 * 384 / 600) = 682, padded to /16
+    assert clip_shapes == ((600, 1066), (384, 682), (384, 688))
+    assert result.panoptic.shape == (360, 640) and result.semantic.shape == (360, 640)
+    ids = sorted(np.unique(result.panoptic[result.panoptic > 0]).tolist())
+    assert ids == [s.id for s in result.segments]
+    assert {s.label for s in result.segments} <= {"person", "rocket", "sky"}
