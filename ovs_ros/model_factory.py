@@ -111,8 +111,12 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
     fmt = card.format if card is not None else _format_of(checkpoint)
     psm_kind, templates = _psm_of(card, checkpoint, fmt, settings)
     psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
-    loader = load_ovs_classifier_checkpoint if fmt == "ovs_safetensors" else load_maskclippp_checkpoint
-    loader(classifier, psm, checkpoint)
+    # maskclippp_pth: load_maskclippp_checkpoint picks the EVA or ConvNeXt key map from the classifier's family.
+    loaders = {"ovs_safetensors": load_ovs_classifier_checkpoint, "maskclippp_pth": load_maskclippp_checkpoint}
+    if fmt not in loaders:
+        raise ValueError(f"classifier checkpoint {checkpoint}: format {fmt!r} is not a classifier format "
+                         f"({sorted(loaders)})")
+    loaders[fmt](classifier, psm, checkpoint)
     if settings.pretrained is None:
         LOG.warning("classifier checkpoint %s holds only the fine-tuned tensors, and no base CLIP weights are "
                     "configured (classifier.pretrained, or the card's base_clip_pretrained): the rest is random",

@@ -1,6 +1,12 @@
 """CLIP mask classifier: open_clip towers, MaskCLIP++ mask tokens (ViT/EVA) and mask pooling (ConvNeXt), PSMs."""
 from .config import ClipClassifierConfig
-from .convert import convert_maskclippp_eva_state_dict, load_maskclippp_checkpoint, load_ovs_classifier_checkpoint
+from .convert import (
+    convert_maskclippp_convnext_state_dict,
+    convert_maskclippp_eva_state_dict,
+    load_maskclippp_checkpoint,
+    load_ovs_classifier_checkpoint,
+    maskclippp_checkpoint_family,
+)
 from .psm import PSM_KINDS, IdentityPSM, LinearPSM, PseudoTextPSM, build_psm, mask_class_logits, scaled_cosine
 from .towers import ClipClassifier, MaskEmbeddingOutput, build_open_clip_model, detect_family
 from .tiny import TINY_FAMILIES, build_tiny_classifier
@@ -17,10 +23,12 @@ __all__ = [
     "MaskEmbeddingOutput",
     "PseudoTextPSM",
     "build_open_clip_model",
+    "convert_maskclippp_convnext_state_dict",
     "convert_maskclippp_eva_state_dict",
     "detect_family",
     "load_maskclippp_checkpoint",
     "load_ovs_classifier_checkpoint",
+    "maskclippp_checkpoint_family",
     "mask_class_logits",
     "scaled_cosine",
 ]

@@ -1,4 +1,5 @@
-"""MaskCLIP++ EVA checkpoints -> our names (explicit key map that fails on any unmatched key, style.md rule 5).
+"""MaskCLIP++ EVA and ConvNeXt checkpoints -> our names (explicit key maps that fail on any unmatched key, style.md
+rule 5).
 
 MaskCLIP++ (`maskclippp/utils/ckpt.py`) saves `{"model": {...}}` with `visual_encoder.proxy.*` (the vendored
 EVA-CLIP visual tower), `visual_encoder.mask_logit_scale` `[3, heads]` and `psm.*`. EVA-CLIP names differ from timm's
@@ -6,6 +7,12 @@ EVA-CLIP visual tower), `visual_encoder.mask_logit_scale` `[3, heads]` and `psm.
 `mlp.fc1_g`/`fc1_x`/`fc2`/`norm` (EVA-CLIP SwiGLU: `w3(ffn_ln(silu(w1 x) * w2 x))`, timm: `fc2(norm(silu(fc1_g x) *
 fc1_x x))`); `attn.inner_attn_ln` -> `attn.norm`; `head` -> `trunk.head`. Our visual names are those of open_clip's
 `TimmModel` (`trunk.*`), i.e. `ClipClassifier.model.visual`.
+
+ConvNeXt checkpoints (`vencoder/clip_convnext.py`): the reference builds the tower with open_clip too
+(`proxy = open_clip...visual`, a `TimmModel` around timm's ConvNeXt), so `visual_encoder.proxy.<key>` is our
+`model.visual.<key>` unchanged. `saved_modules()` stores `state_dict()` of the whole encoder whatever was trained, so
+the file holds the whole visual tower (loaded exactly); the PSM is `PseudoTextPSM` (`img_proj`, `img2text`, `ln_1`);
+there is no `mask_logit_scale`.
 """
 from __future__ import annotations
 
@@ -103,6 +110,96 @@ def convert_maskclippp_eva_state_dict(state_dict: Dict[str, Tensor]) -> Tuple[Di
     return visual, psm, mask_logit_scale
 
 
+# open_clip TimmModel around timm ConvNeXt (`convnext_base_w_320`, `convnext_large_d_320`, `convnext_xxlarge`): the
+# only visual names a MaskCLIP++ ConvNeXt checkpoint may hold (after the prefix; kept as they are).
+_CONVNEXT_VISUAL_KEYS = (
+    r"trunk\.stem\.[01]\.(weight|bias)",
+    r"trunk\.stages\.\d+\.downsample\.[01]\.(weight|bias)",
+    r"trunk\.stages\.\d+\.blocks\.\d+\.(gamma|conv_dw\.(weight|bias)|norm\.(weight|bias)|mlp\.fc[12]\.(weight|bias))",
+    r"trunk\.head\.norm\.(weight|bias)",
+    r"head\.proj\.(weight|bias)",  # timm_proj "linear" (convnext_base_w_320, convnext_xxlarge)
+    r"head\.mlp\.fc[12]\.(weight|bias)",  # timm_proj "mlp" (convnext_large_d_320)
+)
+# MaskCLIP++ `psm/pesudo_text.py` PseudoTextPSM with CORR_RESIDUAL and USE_LOGIT_SCALE off (the ConvNeXt configs):
+# the same module names as ours.
+_PSEUDO_TEXT_PSM_KEYS = (
+    "img_proj.weight",
+    "img2text.in_proj_weight",
+    "img2text.in_proj_bias",
+    "img2text.out_proj.weight",
+    "img2text.out_proj.bias",
+    "ln_1.weight",
+    "ln_1.bias",
+)
+_PSEUDO_TEXT_UNSUPPORTED = {"logit_scale": "PSM.USE_LOGIT_SCALE", "corrs_in": "PSM.CORR_RESIDUAL",
+                            "corrs_out": "PSM.CORR_RESIDUAL"}
+
+
+def _unwrap(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        return state_dict["model"]
+    return state_dict
+
+
+def convert_maskclippp_convnext_state_dict(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor],
+                                                                                    Dict[str, Tensor]]:
+    """Split a MaskCLIP++ ConvNeXt state dict into our visual tower and PseudoTextPSM names.
+
+    Args:
+        state_dict: the checkpoint's `model` dict (a `{"model": ...}` wrapper is unwrapped).
+
+    Returns:
+        (visual_sd for `ClipClassifier.model.visual`, psm_sd for `PseudoTextPSM`).
+
+    Raises:
+        KeyError: naming every key that matches no rule (an EVA checkpoint's keys, a tuned text tower, PSM options
+            the ConvNeXt configs leave off).
+    """
+    visual: Dict[str, Tensor] = {}
+    psm: Dict[str, Tensor] = {}
+    unmatched = []
+    unsupported = set()
+    for key, value in _unwrap(state_dict).items():
+        if key.startswith(VISUAL_PREFIX) and any(re.fullmatch(p, key[len(VISUAL_PREFIX):])
+                                                 for p in _CONVNEXT_VISUAL_KEYS):
+            visual[key[len(VISUAL_PREFIX):]] = value
+        elif key.startswith(PSM_PREFIX) and key[len(PSM_PREFIX):] in _PSEUDO_TEXT_PSM_KEYS:
+            psm[key[len(PSM_PREFIX):]] = value
+        else:
+            unmatched.append(key)
+            if key.startswith(PSM_PREFIX) and key[len(PSM_PREFIX):].split(".")[0] in _PSEUDO_TEXT_UNSUPPORTED:
+                unsupported.add(_PSEUDO_TEXT_UNSUPPORTED[key[len(PSM_PREFIX):].split(".")[0]])
+    if unmatched:
+        hint = f" (trained with {sorted(unsupported)} on, which PseudoTextPSM does not support)" if unsupported else ""
+        raise KeyError(f"unmatched MaskCLIP++ ConvNeXt checkpoint keys{hint}: {sorted(unmatched)}")
+    return visual, psm
+
+
+def maskclippp_checkpoint_family(state_dict: Dict[str, Tensor]) -> Optional[str]:
+    """"eva" or "convnext" from a MaskCLIP++ state dict's visual keys; None when neither layout shows."""
+    keys = list(_unwrap(state_dict))
+    if MASK_LOGIT_SCALE_KEY in keys or any(k.startswith(VISUAL_PREFIX + "blocks.") for k in keys):
+        return "eva"
+    if any(k.startswith(VISUAL_PREFIX + "trunk.stages.") for k in keys):
+        return "convnext"
+    return None
+
+
+def _load_exactly(module: nn.Module, state_dict: Dict[str, Tensor], what: str, path: Path) -> None:
+    """`load_state_dict` that first names every missing, unexpected or wrongly shaped key."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    if missing or unexpected:
+        raise KeyError(f"{path}: the {what} keys do not match the checkpoint's: missing from the file {missing}, "
+                       f"not in the {what} {unexpected}")
+    bad = sorted(f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+                 if tuple(v.shape) != tuple(own[k].shape))
+    if bad:
+        raise ValueError(f"{path}: {what} shape mismatch (file vs model): {bad}")
+    module.load_state_dict(state_dict, strict=True)
+
+
 def _load_file(path: Path) -> Dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -115,24 +212,43 @@ def _load_file(path: Path) -> Dict[str, Tensor]:
 
 
 def load_maskclippp_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], path: Union[str, Path]) -> None:
-    """Load a MaskCLIP++ EVA checkpoint (`.pth` via `torch.load(weights_only=True)`, or `.safetensors`) strictly.
+    """Load a MaskCLIP++ checkpoint (`.pth` via `torch.load(weights_only=True)`, or `.safetensors`) exactly.
 
-    The visual tower must hold every converted key and nothing else; the PSM likewise when the file has PSM
-    weights (pass `psm=None` only for a file without them).
+    The key map follows the classifier's family: EVA (`convert_maskclippp_eva_state_dict`) or ConvNeXt
+    (`convert_maskclippp_convnext_state_dict`); MaskCLIP++ released no other CLIP-V checkpoints. The visual tower
+    must hold every converted key and nothing else (MaskCLIP++ saves the whole encoder), and so must the PSM:
+    a PSM with weights needs them in the file, and a file with PSM weights needs a PSM (`psm=None` only for a file
+    without them).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a classifier family without a key map, a checkpoint of the other family, shape mismatches.
+        KeyError: naming every unmatched, missing or unexpected key.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MaskCLIP++ checkpoint not found: {path}")
-    if getattr(classifier, "family", None) != "eva":
-        raise ValueError("MaskCLIP++ checkpoints load through the EVA key map only (corrections.md item 4; the "
-                         "ConvNeXt/PseudoText map is not written yet), got a classifier of family "
-                         f"{getattr(classifier, 'family', None)!r}")
-    visual_sd, psm_sd, mask_logit_scale = convert_maskclippp_eva_state_dict(_load_file(path))
-    classifier.model.visual.load_state_dict(visual_sd, strict=True)
-    if psm_sd:
-        if psm is None:
+    family = getattr(classifier, "family", None)
+    if family not in ("eva", "convnext"):
+        raise ValueError("MaskCLIP++ checkpoints load through the EVA or the ConvNeXt key map (the CLIPs it released); "
+                         f"got a classifier of family {family!r}")
+    state_dict = _unwrap(_load_file(path))
+    layout = maskclippp_checkpoint_family(state_dict)
+    if layout is not None and layout != family:
+        name = getattr(getattr(classifier, "config", None), "model_name", None)
+        raise ValueError(f"{path} is a MaskCLIP++ {layout} checkpoint, but the classifier is a {family} CLIP "
+                         f"({name!r}): the model card's architecture must be the CLIP the file was trained on")
+    mask_logit_scale = None
+    if family == "eva":
+        visual_sd, psm_sd, mask_logit_scale = convert_maskclippp_eva_state_dict(state_dict)
+    else:
+        visual_sd, psm_sd = convert_maskclippp_convnext_state_dict(state_dict)
+    _load_exactly(classifier.model.visual, visual_sd, "visual tower", path)
+    if psm is None:
+        if psm_sd:
             raise ValueError(f"{path} holds PSM weights ({sorted(psm_sd)[:3]}...) but no psm was given")
-        psm.load_state_dict(psm_sd, strict=True)
+    else:
+        _load_exactly(psm, psm_sd, type(psm).__name__, path)
     if mask_logit_scale is not None:
         target = classifier.mask_logit_scale
         if tuple(mask_logit_scale.shape) != tuple(target.shape):
