@@ -32,7 +32,7 @@ EXTRAS = {
         "ros-lifecycle-msgs",
         # rclpy's wheel loads the default middleware at init; the PyPI wheels do not pull it in themselves.
         "ros-rmw-fastrtps-cpp",
-        "rosbags>=0.9",
+        "rosbags>=0.10.9",  # typestore API, v9 bag metadata, the MCAP writer the tests use
         "mcap>=1.1",
         "mcap-ros2-support>=0.5",
     ],

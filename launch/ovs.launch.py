@@ -7,6 +7,9 @@ The node is named `ovs` (so `ros2 param set /ovs vocabulary "['red mug', 'laptop
 `/<namespace>/ovs`); its `image` input is remapped to `image_topic` and `image/compressed` to
 `<image_topic>/compressed`. Outputs are ~/panoptic, ~/semantic, ~/segments, ~/overlay, ~/labels and /diagnostics
 (docs/ros_interface.md).
+
+`input_mode` is empty by default, so the params file decides; when given it reaches the node as its `--input-mode`
+flag, which overrides the file (a parameters dict here would override the file even when the argument is unset).
 """
 import os
 
@@ -32,8 +35,9 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, PARAMS_FILE),
                               description="node parameters (YAML with a ros__parameters block)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-        DeclareLaunchArgument("input_mode", default_value="raw",
-                              description="raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),
+        DeclareLaunchArgument("input_mode", default_value="",
+                              description="raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage); "
+                                          "empty = the params file's input_mode"),
         DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
     ]
     node = Node(
@@ -41,7 +45,8 @@ def generate_launch_description():
         executable=EXECUTABLE,
         name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), {"input_mode": LaunchConfiguration("input_mode")}],
+        parameters=[LaunchConfiguration("params_file")],
+        arguments=[["--input-mode=", LaunchConfiguration("input_mode")]],  # "--input-mode=": keep the file's
         remappings=[
             ("image", image_topic),
             ("image/compressed", [image_topic, "/compressed"]),

@@ -128,28 +128,48 @@ def _peek_compressed_size(data: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
-def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A `sensor_msgs/CompressedImage` (jpeg or png, as image_transport's compressed plugin writes them) as HxWx3
-    uint8 RGB. The size is read from the file header first, so a huge image is refused before it is decoded."""
-    import cv2
+# The subscription callback looks at most this far into a CompressedImage: the PNG IHDR or a JPEG SOF after the
+# usual APP segments are within it; a size hidden further in is left to the worker's full check.
+COMPRESSED_PEEK_BYTES = 1 << 16
 
-    fmt = str(msg.format).lower()
-    data = bytes(msg.data)
-    if not data:
+
+def check_compressed_msg(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS, peek_bytes: Optional[int] = None) -> None:
+    """The cheap checks of a `sensor_msgs/CompressedImage` (no decode): data present, format jpeg/png, a PNG/JPEG
+    header whose size is non-zero and within `max_pixels`. With `peek_bytes` only that much is read (the node's
+    subscription callback: a bad frame must not displace a good one from the one-frame slot), and a JPEG whose size
+    marker lies further in passes to the full check. Raises `ImageDecodeError`."""
+    size_bytes = len(msg.data)
+    if size_bytes == 0:
         raise ImageDecodeError("empty", f"compressed image ({msg.format!r}) has no data")
+    fmt = str(msg.format).lower()
     if fmt and not any(f in fmt for f in COMPRESSED_FORMATS):
         raise ImageDecodeError(
             "encoding",
             f"compressed format {msg.format!r} not supported (jpeg or png, e.g. 'rgb8; jpeg compressed bgr8')")
-    size = _peek_compressed_size(data)
+    partial = peek_bytes is not None and size_bytes > peek_bytes
+    head = bytes(msg.data[:peek_bytes]) if partial else bytes(msg.data)
+    size = _peek_compressed_size(head)
     if size is None:
-        raise ImageDecodeError("corrupt", f"compressed data ({len(data)} bytes) is neither a PNG nor a JPEG stream")
+        known = head[:8] == b"\x89PNG\r\n\x1a\n" or head[:2] == b"\xff\xd8"
+        if partial and known:
+            return  # a JPEG whose size marker is further in than we peek: the worker's full check decides
+        what = "has no readable image header" if known else "is neither a PNG nor a JPEG stream"
+        raise ImageDecodeError("corrupt", f"compressed data ({size_bytes} bytes) {what}")
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageDecodeError("empty", f"zero-sized compressed image {width}x{height}")
     if width * height > max_pixels:
         raise ImageDecodeError(
             "too_large", f"image {width}x{height} has {width * height} pixels, more than max_image_pixels={max_pixels}")
+
+
+def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A `sensor_msgs/CompressedImage` (jpeg or png, as image_transport's compressed plugin writes them) as HxWx3
+    uint8 RGB. The size is read from the file header first, so a huge image is refused before it is decoded."""
+    import cv2
+
+    check_compressed_msg(msg, max_pixels)
+    data = bytes(msg.data)
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if decoded is None or decoded.size == 0:
         raise ImageDecodeError("corrupt", f"OpenCV could not decode the {len(data)}-byte {msg.format!r} image")

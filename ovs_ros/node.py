@@ -3,7 +3,7 @@
 Threads: the executor handles the image callback (an O(1) check, then the frame goes into a one-frame slot: newest
 wins, the displaced frame is counted as dropped), parameter requests and the diagnostics timer; one worker thread
 takes the newest frame, decodes it, runs `Segmenter.segment`, encodes and publishes. So parameter calls are answered
-while a frame is in flight.
+while a frame is in flight. A frame that no enabled output has a subscriber for is counted, not segmented.
 
 Life cycle: configure loads the segmenter and the vocabulary and creates the publishers; activate publishes
 `~/labels`, starts the worker and subscribes; deactivate unsubscribes and joins the worker; cleanup releases the
@@ -30,17 +30,20 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from ovs_ros.image_codec import ImageDecodeError, check_image_msg, compressed_msg_to_rgb, image_msg_to_rgb, to_image_msg
-from ovs_ros.node_params import MAX_SEMANTIC_CLASSES, PARAMS_BY_NAME, VOCABULARY_PARAMS, check_choice, declare_all
+from ovs_ros.image_codec import (
+    COMPRESSED_PEEK_BYTES, ImageDecodeError, check_compressed_msg, check_image_msg, compressed_msg_to_rgb,
+    image_msg_to_rgb, to_image_msg)
+from ovs_ros.node_params import (
+    INPUT_MODES, MAX_SEMANTIC_CLASSES, PARAMS_BY_NAME, VOCABULARY_PARAMS, check_all, check_choice, declare_all)
 from ovs_ros.results import SEGMENTS_SCHEMA_VERSION
-from ovs_ros.ros_session import ros_session
+from ovs_ros.ros_session import ForcedShutdown, ros_args_errors, ros_session
 
 try:  # rclpy >= Humble has managed nodes; keep a plain-node fallback for anything older
     from rclpy.lifecycle import LifecycleNode as _BaseNode
@@ -62,6 +65,7 @@ except ImportError:  # pragma: no cover - exercised only on old distros
 
 LABELS_SCHEMA_VERSION = 1
 NODE_NAME = "ovs"
+OUTPUTS = ("panoptic", "semantic", "segments", "overlay")  # each switchable with publish_<name>
 
 
 # ------------------------------------------------------------------------------------------------- small helpers
@@ -182,6 +186,14 @@ def _release_accelerator_memory() -> None:
             pass
 
 
+def _quietly(destroy: Any, entity: Any) -> None:
+    """Release path: one entity that fails to go (e.g. the context is already shut down) must not stop the rest."""
+    try:
+        destroy(entity)
+    except Exception:
+        pass
+
+
 def _qos(reliability: str, depth: int, transient_local: bool = False) -> QoSProfile:
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
@@ -264,6 +276,9 @@ class OvsNode(_BaseNode):
         self.stats = Stats()
         self._slot = FrameSlot()
         self._publish_lock = threading.Lock()  # orders frame publication against ~/labels updates
+        # The ~/semantic void value in use; changed (with ~/labels) under _publish_lock, read there by the worker.
+        self._void_value = int(self._param("semantic_void_value"))
+        self._idle = False  # the last frame was skipped because no output had a subscriber
         self._segmenter: Any = None
         self._config_vocabulary: Any = None
         self._config_template_set: Optional[str] = None
@@ -328,10 +343,12 @@ class OvsNode(_BaseNode):
                              f"max_vocabulary_size={max_classes}")
         return self._config_vocabulary, templates
 
-    def _apply_vocabulary(self, vocab: Any, templates: Optional[str]) -> None:
-        """Swap the segmenter's vocabulary (raises on failure, old one stays) and re-publish ~/labels."""
+    def _apply_vocabulary(self, vocab: Any, templates: Optional[str], void_value: Optional[int] = None) -> None:
+        """Swap the segmenter's vocabulary (raises on failure, old one stays) and re-publish ~/labels (with
+        `void_value` when it changes in the same request)."""
         segmenter = self._segmenter
         if segmenter is None:
+            self._publish_labels(void_value)
             return
         if vocab is None:
             vocab = self._config_vocabulary
@@ -343,54 +360,76 @@ class OvsNode(_BaseNode):
         shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
         self._log.info(f"vocabulary v{segmenter.vocabulary_version}: {len(labels)} classes ({shown}), "
                        f"templates {segmenter.template_set}, swap {self._last_swap_ms:.0f} ms")
-        self._publish_labels()
+        self._publish_labels(void_value)
 
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        values, source, touches_vocab = self._vocabulary_request(params)
+        reason = self._refusal(params, source, touches_vocab)
+        if reason:
+            self._log.warning(f"parameter request refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        void_value = next((int(p.value) for p in params if p.name == "semantic_void_value"), None)
+        if touches_vocab:
+            try:
+                vocab, templates = self._build_vocabulary(values, source)
+                self._apply_vocabulary(vocab, templates, void_value)
+            except ValueError as exc:  # VocabularyError is a ValueError
+                self._log.warning(f"vocabulary request refused: {exc}")
+                return SetParametersResult(successful=False, reason=str(exc))
+            except Exception as exc:  # the segmenter failed to embed it (e.g. CUDA OOM): refuse, keep the old one
+                self._log.error(f"vocabulary request failed in the segmenter: {type(exc).__name__}: {exc}")
+                return SetParametersResult(successful=False, reason=f"segmenter failed: {type(exc).__name__}: {exc}")
+            self._vocab_source = source
+        elif void_value is not None:
+            # ~/labels carries the pixel mapping: the new value and its ~/labels go out together, before any frame
+            # that uses it. (get_parameter would still return the old value here: it is stored after we return.)
+            self._publish_labels(void_value)
+        for p in params:
+            if p.name == "error_log_period_s":
+                self._throttled.period_s = float(p.value)
+        return SetParametersResult(successful=True)
+
+    def _vocabulary_request(self, params: List[Parameter]) -> Tuple[Dict[str, Any], str, bool]:
+        """(vocabulary parameter values after `params`, the vocabulary source after them, whether the vocabulary
+        must be rebuilt)."""
         values = {name: self._param(name) for name in VOCABULARY_PARAMS}
         source = self._vocab_source
         touches_vocab = False
         for p in params:
+            if p.name not in VOCABULARY_PARAMS:
+                continue
+            touches_vocab = touches_vocab or p.name != "max_vocabulary_size"
+            values[p.name] = p.value if p.value is not None else ([] if p.name in ("vocabulary", "stuff_classes")
+                                                                  else "")
+            if p.name == "vocabulary":
+                source = "vocabulary"
+            elif p.name == "vocabulary_file":
+                source = "vocabulary_file" if p.value else "config"
+        return values, source, touches_vocab
+
+    def _refusal(self, params: List[Parameter], source: str, touches_vocab: bool) -> Optional[str]:
+        """Why `params` must be refused before anything is applied, or None. Requests that would be silently
+        ignored are refused too, so `successful: true` always means "in effect"."""
+        for p in params:
             reason = check_choice(p.name, p.value)
             if reason:
-                return SetParametersResult(successful=False, reason=reason)
-            if p.name in VOCABULARY_PARAMS:
-                touches_vocab = touches_vocab or p.name != "max_vocabulary_size"
-                values[p.name] = p.value if p.value is not None else ([] if p.name in ("vocabulary", "stuff_classes")
-                                                                      else "")
-                if p.name == "vocabulary":
-                    source = "vocabulary"
-                elif p.name == "vocabulary_file":
-                    source = "vocabulary_file" if p.value else "config"
-            elif p.name == "error_log_period_s":
-                self._throttled.period_s = float(p.value)
-        if not touches_vocab:
-            if any(p.name == "semantic_void_value" for p in params):
-                # ~/labels carries the pixel mapping: re-publish it after the value is set.
-                self._republish_labels_soon()
-            return SetParametersResult(successful=True)
-        try:
-            vocab, templates = self._build_vocabulary(values, source)
-            if self._segmenter is not None:
-                self._apply_vocabulary(vocab, templates)
-        except ValueError as exc:  # VocabularyError is a ValueError
-            self._log.warning(f"vocabulary request refused: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
-        except Exception as exc:  # the segmenter failed to embed it (e.g. CUDA OOM): refuse, keep the old one
-            self._log.error(f"vocabulary request failed in the segmenter: {type(exc).__name__}: {exc}")
-            return SetParametersResult(successful=False, reason=f"segmenter failed: {type(exc).__name__}: {exc}")
-        self._vocab_source = source
-        return SetParametersResult(successful=True)
-
-    def _republish_labels_soon(self) -> None:
-        def once() -> None:
-            timer.cancel()
-            self.destroy_timer(timer)
-            self._publish_labels()
-
-        timer = self.create_timer(0.0, once)
+                return reason
+            if p.name == "stuff_classes" and p.value and source != "vocabulary":
+                where = (f"vocabulary_file {self._param('vocabulary_file')!r}" if source == "vocabulary_file"
+                         else "the segmenter config")
+                return (f"stuff_classes only applies to the 'vocabulary' parameter, but the active vocabulary comes "
+                        f"from {where}; set vocabulary (with 'stuff:' entries, or together with stuff_classes)")
+            if p.name == "max_vocabulary_size" and not touches_vocab and self._segmenter is not None:
+                size = len(self._segmenter.vocabulary)
+                if size > int(p.value):
+                    return (f"max_vocabulary_size={p.value} is below the size of the current vocabulary ({size} "
+                            "classes); set a smaller vocabulary first, or in the same request")
+        return None
 
     # ------------------------------------------------------------------ life cycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if not self._parameters_valid():
+            return TransitionCallbackReturn.FAILURE
         from ovs_ros.segmenter import Segmenter
 
         overrides: Dict[str, Any] = {}
@@ -442,6 +481,19 @@ class OvsNode(_BaseNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(float(self._param("diagnostics_period")), self._publish_diagnostics)
         return TransitionCallbackReturn.SUCCESS
+
+    def _parameters_valid(self) -> bool:
+        """Check every value from the params file / `-p` (they bypass the set-parameters callback): an invalid one
+        fails configure with the reason logged, before any model is loaded."""
+        problems = check_all(self._param)
+        if problems:
+            self._log.error("configure failed: invalid parameter(s): " + "; ".join(problems))
+            return False
+        if self._param("stuff_classes") and self._vocab_source != "vocabulary":
+            self._log.warning(f"stuff_classes {self._param('stuff_classes')} is ignored: it only applies to the "
+                              "'vocabulary' parameter, and the vocabulary comes from "
+                              f"{self._vocab_source.replace('config', 'the segmenter config')}")
+        return True
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if HAVE_LIFECYCLE:
@@ -504,11 +556,13 @@ class OvsNode(_BaseNode):
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
-        for pub in list(self._pubs.values()) + ([self._diag_pub] if self._diag_pub is not None else []):
-            try:
-                self.destroy_publisher(pub)
-            except Exception:
-                pass
+        # Lifecycle publishers must leave the node's managed entities too, or every cleanup/configure cycle adds
+        # five more that each later transition still visits.
+        destroy_managed = self.destroy_lifecycle_publisher if HAVE_LIFECYCLE else self.destroy_publisher
+        for pub in self._pubs.values():
+            _quietly(destroy_managed, pub)
+        if self._diag_pub is not None:
+            _quietly(self.destroy_publisher, self._diag_pub)
         self._pubs = {}
         self._diag_pub = None
         if self._segmenter is not None:
@@ -546,12 +600,14 @@ class OvsNode(_BaseNode):
             self.stats.received.append(now)
             self.stats.counters["frames_received"] += 1
             self.stats.last_frame_mono = now
-        if not compressed:
-            try:
+        try:
+            if compressed:
+                check_compressed_msg(msg, int(self._param("max_image_pixels")), peek_bytes=COMPRESSED_PEEK_BYTES)
+            else:
                 check_image_msg(msg, int(self._param("max_image_pixels")))
-            except ImageDecodeError as exc:
-                self._bad_input(exc.reason, str(exc), msg)
-                return
+        except ImageDecodeError as exc:
+            self._bad_input(exc.reason, str(exc), msg)
+            return
         if self._slot.put(Frame(msg, now)):
             self.stats.count("dropped_frames")
 
@@ -577,7 +633,27 @@ class OvsNode(_BaseNode):
                     return
                 self._throttled("internal", f"frame skipped: internal error {type(exc).__name__}: {exc}", "error")
 
+    def _wanted_outputs(self) -> Tuple[str, ...]:
+        """The outputs switched on that have a subscriber right now."""
+        pubs = self._pubs
+        return tuple(name for name in OUTPUTS if name in pubs and self._param(f"publish_{name}")
+                     and pubs[name].get_subscription_count() > 0)
+
+    def _skip_unwatched(self) -> bool:
+        """True (frame counted as skipped) when no output would be published: nothing is computed for nobody. Logs
+        once per idle period, not per frame."""
+        idle = not self._wanted_outputs()
+        if idle:
+            self.stats.count("skipped_no_subscribers")
+        if idle != self._idle:
+            self._idle = idle
+            self._log.info("no subscriber on any enabled output: frames are counted, not segmented" if idle
+                           else "an output has a subscriber again: segmenting")
+        return idle
+
     def _process(self, frame: Frame) -> None:
+        if self._skip_unwatched():
+            return
         start = time.monotonic()
         stats = self.stats
         with stats.lock:
@@ -638,34 +714,39 @@ class OvsNode(_BaseNode):
         pubs = self._pubs
         if not pubs:
             return
-        void_value = int(self._param("semantic_void_value"))
+        wanted = self._wanted_outputs()  # again: a switch or a subscriber may have changed during segmentation
         with self._publish_lock:
             if result.vocabulary_version != self._labels_version:
                 # Computed with a vocabulary whose ~/labels is no longer (or not yet) out: never publish it.
                 self.stats.count("dropped_stale_vocabulary")
                 return
-            if self._param("publish_panoptic") and pubs["panoptic"].get_subscription_count() > 0:
+            void_value = self._void_value  # the value the latest ~/labels states
+            if "panoptic" in wanted:
                 pubs["panoptic"].publish(to_image_msg(np.asarray(result.panoptic, dtype=np.int32), "32SC1", header))
-            if self._param("publish_semantic") and pubs["semantic"].get_subscription_count() > 0:
+            if "semantic" in wanted:
                 pubs["semantic"].publish(to_image_msg(semantic_image(result, void_value), "16UC1", header))
-            if self._param("publish_segments") and pubs["segments"].get_subscription_count() > 0:
+            if "segments" in wanted:
                 pubs["segments"].publish(String(data=segments_json(result, header, void_value)))
-            if self._param("publish_overlay") and pubs["overlay"].get_subscription_count() > 0:
+            if "overlay" in wanted:
                 from ovs_ros.overlay import render_overlay
 
                 overlay = render_overlay(rgb, result, alpha=float(self._param("overlay_alpha")),
                                          draw_labels=bool(self._param("overlay_draw_labels")))
+                self.stats.count("overlay_rendered")
                 pubs["overlay"].publish(to_image_msg(overlay, "rgb8", header))
 
-    def _publish_labels(self) -> None:
-        segmenter, pub = self._segmenter, self._pubs.get("labels")
-        if segmenter is None or pub is None:
-            return
+    def _publish_labels(self, void_value: Optional[int] = None) -> None:
+        """(Re-)publish ~/labels. A new `void_value` is set in the same critical section as the publish, so no
+        frame goes out with a pixel mapping that the latest ~/labels does not state."""
         with self._publish_lock:
+            if void_value is not None:
+                self._void_value = int(void_value)
+            segmenter, pub = self._segmenter, self._pubs.get("labels")
+            if segmenter is None or pub is None:
+                return
             version = segmenter.vocabulary_version
             pub.publish(String(data=labels_json(segmenter.vocabulary, version, segmenter.template_set,
-                                                int(self._param("semantic_void_value")),
-                                                self.get_clock().now().to_msg())))
+                                                self._void_value, self.get_clock().now().to_msg())))
             self._labels_version = version
 
     # ------------------------------------------------------------------ diagnostics
@@ -698,8 +779,9 @@ class OvsNode(_BaseNode):
             "queue_age_ms_mean": f"{age[0]:.1f}",
             "queue_age_ms_max": f"{age[2]:.1f}",
         }
-        for name in ("frames_received", "frames_processed", "dropped_frames", "dropped_stale_vocabulary",
-                     "bad_input", "segmenter_errors", "cuda_oom", "internal_errors"):
+        for name in ("frames_received", "frames_processed", "skipped_no_subscribers", "overlay_rendered",
+                     "dropped_frames", "dropped_stale_vocabulary", "bad_input", "segmenter_errors", "cuda_oom",
+                     "internal_errors"):
             values[name] = str(counters.get(name, 0))
         for name, n in sorted(counters.items()):
             if name.startswith("bad_input_"):
@@ -754,47 +836,80 @@ def _parse_cli(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--managed", action="store_true",
                         help="start unconfigured and wait for lifecycle transitions (same as -p autostart:=false)")
     parser.add_argument("--name", default=NODE_NAME, help=f"node name (default {NODE_NAME})")
+    parser.add_argument("--input-mode", choices=("",) + INPUT_MODES, default="",
+                        help="override the input_mode parameter (raw or compressed); empty = keep the params "
+                        "file's (the launch file passes its input_mode argument this way)")
     return parser.parse_args(remove_ros_args(list(argv))[1:]), list(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `ovs_node` and `python -m ovs_ros.node`. Exit code 0 after Ctrl-C or SIGTERM, 1 when the node
-    could not start (e.g. a bad segmenter config)."""
+    could not start (a bad parameter or segmenter config), 128 + N after a second signal N (start-up abandoned)."""
     argv = list(sys.argv if argv is None else argv)
-    cli, ros_argv = _parse_cli(argv)
+    try:
+        cli, ros_argv = _parse_cli(argv)
+    except ros_args_errors() as exc:  # e.g. a params file that is missing or not valid YAML
+        print(f"ovs_node: unusable --ros-args: {exc}", file=sys.stderr)
+        return 1
     with ros_session(ros_argv) as stop:
-        return _run_node(cli, stop)
+        try:
+            return _run_node(cli, stop)
+        except ForcedShutdown as exc:  # yet another signal while _run_node was already on its way out
+            return exc.exit_code
+
+
+def _make_node(cli: argparse.Namespace) -> Optional[OvsNode]:
+    """The node, or None (one fatal log line, no traceback) when a value from the params file or `-p` has the wrong
+    type or is out of range: rclpy raises that while the parameter is declared."""
+    overrides = [Parameter("autostart", value=False)] if cli.managed else []
+    if cli.input_mode:
+        overrides.append(Parameter("input_mode", value=cli.input_mode))
+    try:
+        return OvsNode(cli.name, parameter_overrides=overrides)
+    except ParameterException as exc:
+        rclpy.logging.get_logger(cli.name).fatal(f"invalid parameter: {exc}; exiting")
+        return None
+
+
+def _start(node: OvsNode, stop: threading.Event) -> int:
+    """Configure and activate unless managed (or already asked to stop); 1 when that failed."""
+    if not node.get_parameter("autostart").value:
+        if HAVE_LIFECYCLE:
+            node.get_logger().info("managed mode: waiting for configure/activate (lifecycle services)")
+        return 0
+    if not stop.is_set() and not node.autostart():
+        node.get_logger().fatal("could not start (see the error above); exiting")
+        return 1
+    return 0
 
 
 def _run_node(cli: argparse.Namespace, stop: threading.Event) -> int:
-    """Spin until a signal (`stop`) or a failed start; the worker is joined and the model released here."""
-    node: Optional[OvsNode] = None
+    """Spin until a signal (`stop`) or a failed start; the worker is joined and the model released here, except
+    after a second signal, which abandons a start-up or shutdown that takes too long."""
+    node = _make_node(cli)
+    if node is None:
+        return 1
     code = 0
+    forced = False
     try:
-        overrides = [Parameter("autostart", value=False)] if cli.managed else []
-        node = OvsNode(cli.name, parameter_overrides=overrides)
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
-        if node.get_parameter("autostart").value:
-            if not node.autostart():
-                node.get_logger().fatal("could not start (see the error above); exiting")
-                code = 1
-        elif HAVE_LIFECYCLE:
-            node.get_logger().info("managed mode: waiting for configure/activate (lifecycle services)")
+        code = _start(node, stop)
         while code == 0 and not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.2)
         if stop.is_set():
             node.get_logger().info("shutting down (signal)")
+    except ForcedShutdown as exc:
+        node.get_logger().warning(f"{exc}: exiting now, without waiting for the model or the worker")
+        code, forced = exc.exit_code, True
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
+        if not forced:
             node.shutdown()
-            try:
-                node.destroy_node()
-            except Exception:
-                pass
+            _quietly(OvsNode.destroy_node, node)
     return code
+
 
 if __name__ == "__main__":
     sys.exit(main())

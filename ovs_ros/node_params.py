@@ -6,12 +6,14 @@ params file or with `-p` at start-up. The others are applied on the next frame.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 TEMPLATE_SETS = ("t1", "t14", "t80")
 RELIABILITIES = ("best_effort", "reliable")
 INPUT_MODES = ("raw", "compressed")
+BACKENDS = ("eager", "onnxruntime")
 # vision_msgs convention (max value of the id type = UNLABELED) vs Nav2 semantic layer / opennav (0 = nothing).
 SEMANTIC_VOID_VALUES = (0, 65535)
 MAX_SEMANTIC_CLASSES = 65534  # 16UC1 leaves 65535 values besides void
@@ -26,6 +28,7 @@ class ParamSpec:
     int_range: Optional[Tuple[int, int]] = None
     float_range: Optional[Tuple[float, float]] = None
     choices: Optional[Sequence[Any]] = None
+    pattern: Optional[str] = None  # a regular expression the whole (string) value must match
 
 
 PARAMS: List[ParamSpec] = [
@@ -33,11 +36,11 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("segmenter_config", "config/segmenter/tiny.yaml",
               "Segmenter YAML: a path, or a name in config/segmenter/ of the installed package.", read_only=True),
     ParamSpec("device", "", "Torch device override (cpu, cuda, cuda:N, auto); empty = the segmenter config's.",
-              read_only=True),
+              read_only=True, pattern=r"(|auto|cpu|cuda(:[0-9]+)?)"),
     ParamSpec("backend", "",
               "Backend the segmenter must run (eager or onnxruntime); start-up fails if the config runs another. "
               "Empty = any.",
-              read_only=True),
+              read_only=True, choices=("",) + BACKENDS),
     ParamSpec("precision", "", "fp32 or fp16 (CUDA only); empty = the segmenter config's.", read_only=True,
               choices=("", "fp32", "fp16")),
     ParamSpec("input_short_side", 0, "Mask-generator input short side in pixels; 0 = the segmenter config's.",
@@ -84,7 +87,7 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("semantic_void_value", 65535,
               "Value of unlabeled pixels in ~/semantic. 65535 (vision_msgs): pixel = class index. "
               "0 (Nav2 semantic layer): pixel = class index + 1. ~/labels states the mapping.",
-              choices=SEMANTIC_VOID_VALUES),
+              int_range=(0, 65535), choices=SEMANTIC_VOID_VALUES),
     ParamSpec("overlay_alpha", 0.5, "Overlay blend weight of the segment colours.", float_range=(0.0, 1.0)),
     ParamSpec("overlay_draw_labels", True, "Write class labels on the overlay."),
     # --- health
@@ -119,6 +122,8 @@ def make_descriptor(spec: ParamSpec) -> Any:
             from_value=float(spec.float_range[0]), to_value=float(spec.float_range[1]), step=0.0)]
     if spec.choices is not None:
         desc.additional_constraints = "one of: " + ", ".join(repr(c) for c in spec.choices)
+    elif spec.pattern is not None:
+        desc.additional_constraints = f"matches: {spec.pattern}"
     return desc
 
 
@@ -134,10 +139,20 @@ def declare_all(node: Any) -> None:
 
 
 def check_choice(name: str, value: Any) -> Optional[str]:
-    """None if `value` is allowed for `name`, else the refusal reason (ranges are enforced by rclpy itself)."""
+    """None if `value` is allowed for `name`, else the refusal reason. Covers what descriptors cannot say (allowed
+    values, patterns); types and ranges are enforced by rclpy itself, at declaration and on every set."""
     spec = PARAMS_BY_NAME.get(name)
-    if spec is None or spec.choices is None:
+    if spec is None:
         return None
-    if value not in spec.choices:
+    if spec.choices is not None and value not in spec.choices:
         return f"{name}={value!r} not allowed; one of {list(spec.choices)}"
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, str(value)):
+        return f"{name}={value!r} not allowed; it must match {spec.pattern}"
     return None
+
+
+def check_all(get: Callable[[str], Any]) -> List[str]:
+    """The refusal reasons of every parameter's current value (`get(name)`); run at configure because values from a
+    params file or `-p` never pass through the set-parameters callback."""
+    reasons = [check_choice(spec.name, get(spec.name)) for spec in PARAMS]
+    return [r for r in reasons if r]

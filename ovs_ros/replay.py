@@ -1,9 +1,10 @@
 """`ovs-replay`: publish camera frames from a folder of images, a video file or a bag, at a chosen rate, looping.
 
 Bags are read in pure Python, no ROS installation needed: rosbag2 folders (sqlite3 or MCAP storage) through
-`rosbags`, single `.mcap` files through `mcap-ros2-support`. Image and CompressedImage messages are decoded with the
-same checks as the node (ovs_ros/image_codec.py) and re-published with a fresh stamp (or the recorded one with
-`--stamp original`), so the node's latency numbers stay meaningful.
+`rosbags`, single `.mcap` files through `mcap-ros2-support` (only the ROS 2 image channels are decoded: a file may
+also hold JSON, protobuf or other channels). Image and CompressedImage messages are decoded with the same checks as
+the node (ovs_ros/image_codec.py) and re-published with a fresh stamp (or the recorded one with `--stamp original`,
+shifted on every loop so it never goes back), so the node's latency numbers stay meaningful.
 
     ovs-replay ~/bags/kitchen --topic /camera/image_raw --rate 15
     ovs-replay frames/ --rate 5 --compressed jpeg            # publishes /image/compressed
@@ -16,12 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ovs_ros.image_codec import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_compressed_bytes
-from ovs_ros.ros_session import ros_session
+from ovs_ros.ros_session import ForcedShutdown, ros_args_errors, ros_session
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -37,6 +38,15 @@ def _decode_message(msgtype: str, msg: Any, max_pixels: int) -> np.ndarray:
     if msgtype.endswith("CompressedImage"):
         return compressed_msg_to_rgb(msg, max_pixels)
     return image_msg_to_rgb(msg, max_pixels)
+
+
+def _mcap_image_type(schema: Any, channel: Any) -> Optional[str]:
+    """The sensor_msgs type of an MCAP channel that mcap-ros2-support can decode (CDR messages, `ros2msg` schema),
+    or None for anything else (JSON, protobuf, other ROS types)."""
+    if schema is None or channel.message_encoding != "cdr" or schema.encoding != "ros2msg":
+        return None
+    name = schema.name if "/msg/" in schema.name else schema.name.replace("sensor_msgs/", "sensor_msgs/msg/")
+    return name if name in IMAGE_TYPES else None
 
 
 def _header(msg: Any) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
@@ -128,20 +138,47 @@ class FrameSource:
         from mcap.reader import make_reader
         from mcap_ros2.decoder import DecoderFactory
 
+        decoders = DecoderFactory()
         seen_image = False
         with open(self.path, "rb") as f:
-            reader = make_reader(f, decoder_factories=[DecoderFactory()])
-            topics = [self.bag_topic] if self.bag_topic else None
-            for schema, _channel, _message, msg in reader.iter_decoded_messages(topics=topics):
-                name = schema.name if schema is not None else ""
-                full = name if "/msg/" in name else name.replace("sensor_msgs/", "sensor_msgs/msg/")
-                if full not in IMAGE_TYPES:
-                    continue
+            reader = make_reader(f)
+            for schema, channel, message in reader.iter_messages(topics=self._mcap_topics(reader)):
+                msgtype = _mcap_image_type(schema, channel)
+                if msgtype is None or (self.bag_topic and channel.topic != self.bag_topic):
+                    continue  # never decoded: only image channels need a decoder
                 seen_image = True
-                yield from self._decoded(full, msg)
+                try:
+                    msg = decoders.decoder_for(channel.message_encoding, schema)(message.data)
+                except Exception as exc:  # a broken message or schema: skip it like an undecodable image
+                    self._skip(f"{channel.topic}: cannot decode the message: {type(exc).__name__}: {exc}")
+                    continue
+                yield from self._decoded(msgtype, msg)
         if not seen_image:
             raise ReplayError(f"{self.path}: no sensor_msgs Image or CompressedImage messages"
                               f"{' on ' + self.bag_topic if self.bag_topic else ''}")
+
+    def _mcap_topics(self, reader: Any) -> Optional[List[str]]:
+        """The image topic to read, chosen from the file's summary (like a rosbag2's connections); None when the
+        file has no summary (then each message's channel is checked as it comes)."""
+        from mcap.exceptions import McapError
+
+        try:
+            summary = reader.get_summary()
+        except McapError:  # e.g. a recording cut short: no footer
+            summary = None
+        if summary is None:
+            return [self.bag_topic] if self.bag_topic else None
+        channels = list(summary.channels.values())
+        images = sorted({c.topic for c in channels if _mcap_image_type(summary.schemas.get(c.schema_id), c)
+                         and (self.bag_topic is None or c.topic == self.bag_topic)})
+        if not images:
+            found = sorted({f"{c.topic} ({getattr(summary.schemas.get(c.schema_id), 'name', '?')}, "
+                            f"{c.message_encoding})" for c in channels})
+            raise ReplayError(f"{self.path}: no ROS 2 image topic{' ' + self.bag_topic if self.bag_topic else ''}; "
+                              f"the file has {found}")
+        if len(images) > 1:
+            raise ReplayError(f"{self.path}: several image topics {images}; pick one with --bag-topic")
+        return images
 
     def _decoded(self, msgtype: str, msg: Any) -> Iterator[Frame]:
         try:
@@ -156,6 +193,36 @@ class FrameSource:
         self.skipped += 1
         if self.skipped <= 5:
             print(f"ovs-replay: skipping a frame: {why}", file=sys.stderr)
+
+
+class LoopStamps:
+    """`--stamp original` while looping: each pass is shifted by the recording's stamp span plus one frame interval,
+    so stamps never go back in time (consumers such as TF buffers and message filters drop or reset on that)."""
+
+    def __init__(self, default_gap_ns: int) -> None:
+        self.offset_ns = 0
+        self._default_gap_ns = max(int(default_gap_ns), 1)
+        self._first: Optional[int] = None
+        self._last: Optional[int] = None
+        self._count = 0
+
+    def shift(self, stamp: Tuple[int, int]) -> Tuple[int, int]:
+        """The recorded (sec, nanosec) plus this pass's offset."""
+        ns = int(stamp[0]) * 1_000_000_000 + int(stamp[1])
+        self._first = ns if self._first is None else min(self._first, ns)
+        self._last = ns if self._last is None else max(self._last, ns)
+        self._count += 1
+        sec, nanosec = divmod(ns + self.offset_ns, 1_000_000_000)
+        return sec, nanosec
+
+    def next_pass(self) -> None:
+        if self._count == 0 or self._first is None or self._last is None:
+            return
+        span = self._last - self._first
+        gap = span // (self._count - 1) if self._count > 1 and span > 0 else self._default_gap_ns
+        self.offset_ns += span + max(gap, 1)
+        self._first = self._last = None
+        self._count = 0
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -202,7 +269,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     from rclpy.utilities import remove_ros_args
 
-    args = _parse(remove_ros_args(argv)[1:])
+    try:
+        args = _parse(remove_ros_args(argv)[1:])
+    except ros_args_errors() as exc:
+        print(f"ovs-replay: unusable --ros-args: {exc}", file=sys.stderr)
+        return 2
     try:
         source = FrameSource(args.source, args.bag_topic)
     except ReplayError as exc:
@@ -210,7 +281,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     with ros_session(argv) as stop:
-        return _publish_frames(args, source, stop)
+        try:
+            return _publish_frames(args, source, stop)
+        except ForcedShutdown as exc:  # a second signal, e.g. while a large bag is being read
+            print(f"ovs-replay: {exc}: stopped", file=sys.stderr)
+            return exc.exit_code
 
 
 def _publish_frames(args: argparse.Namespace, source: "FrameSource", stop: threading.Event) -> int:
@@ -239,6 +314,7 @@ def _publish_frames(args: argparse.Namespace, source: "FrameSource", stop: threa
         log.info(f"replaying {source.describe()} on {pub.topic_name} at "
                  f"{args.rate:g} fps{' (looping)' if args.loop else ''}")
         period = 1.0 / args.rate if args.rate > 0 else 0.0
+        stamps = LoopStamps(int(period * 1e9) if period else 1_000_000)
         next_t = time.monotonic()
         passes = 0
         while not stop.is_set():
@@ -263,13 +339,14 @@ def _publish_frames(args: argparse.Namespace, source: "FrameSource", stop: threa
                     # Fixed-rate schedule; after a stall (slow decode) restart it instead of bursting to catch up.
                     next_t = max(next_t + period, time.monotonic())
                 if args.stamp == "original" and stamp is not None:
-                    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = stamps.shift(stamp)
                 else:
                     msg.header.stamp = node.get_clock().now().to_msg()
                 pub.publish(msg)
                 published += 1
                 count_this_pass += 1
             passes += 1
+            stamps.next_pass()
             if count_this_pass == 0:
                 if passes == 1 and not stop.is_set() and not args.max_frames:
                     log.error(f"{source.describe()}: no frame could be read")

@@ -55,15 +55,33 @@ def _param_arg(name: str, value: Any) -> str:
     return f"{name}:={text}"
 
 
+# `python -c SLOW_START_CODE SECONDS [node args]`: the real node whose model load first sleeps SECONDS (in Python,
+# where signal handlers run), announced on stdout, so a test can signal it in the middle of a long start-up.
+SLOW_START_MARK = "OVS_TEST: model load starts"
+SLOW_START_CODE = f"""
+import sys, time
+from ovs_ros import segmenter
+real = segmenter.Segmenter.from_config.__func__
+def slow(cls, *args, **kwargs):
+    print({SLOW_START_MARK!r}, flush=True)
+    time.sleep(float(sys.argv[1]))
+    return real(cls, *args, **kwargs)
+segmenter.Segmenter.from_config = classmethod(slow)
+from ovs_ros.node import main
+sys.exit(main([sys.argv[0]] + sys.argv[2:]))
+"""
+
+
 class NodeProcess:
     """`python -m ovs_ros.node --ros-args --params-file config/ovs.yaml -r __ns:=... -p ...` in a subprocess.
 
     `slow_ms` > 0 runs test/slow_node.py instead: the real tiny Segmenter with a sleep after each frame (overload).
+    `slow_start_s` > 0 runs `SLOW_START_CODE`: the model load takes that much longer.
     """
 
     def __init__(self, domain_id: int, namespace: str, params: Optional[Dict[str, Any]] = None,
                  cli_args: Sequence[str] = (), slow_ms: int = 0, log_dir: Optional[Path] = None,
-                 name: str = "ovs") -> None:
+                 name: str = "ovs", slow_start_s: float = 0.0) -> None:
         self.domain_id = domain_id
         self.namespace = namespace
         self.name = name
@@ -71,13 +89,18 @@ class NodeProcess:
         self.params = dict(params or {})
         self.cli_args = list(cli_args)
         self.slow_ms = slow_ms
+        self.slow_start_s = slow_start_s
         self.log_dir = Path(log_dir or "/tmp")
         self.proc: Optional[subprocess.Popen] = None
         self.returncode: Optional[int] = None
 
     def command(self) -> List[str]:
-        head = ([sys.executable, str(TEST_DIR / "slow_node.py"), str(self.slow_ms)] if self.slow_ms
-                else [sys.executable, "-m", "ovs_ros.node"])
+        if self.slow_ms:
+            head = [sys.executable, str(TEST_DIR / "slow_node.py"), str(self.slow_ms)]
+        elif self.slow_start_s:
+            head = [sys.executable, "-c", SLOW_START_CODE, str(self.slow_start_s)]
+        else:
+            head = [sys.executable, "-m", "ovs_ros.node"]
         cmd = head + self.cli_args + ["--ros-args", "--params-file", str(PARAMS_FILE), "-r", f"__ns:={self.namespace}"]
         if self.name != "ovs":
             cmd += ["-r", f"__node:={self.name}"]
@@ -126,6 +149,17 @@ class NodeProcess:
             if path is not None and Path(path).exists():
                 text += Path(path).read_text(errors="replace")
         return text
+
+    def wait_output(self, text: str, timeout: float) -> bool:
+        """True once `text` is in the node's output; False after `timeout` s or if the node exited first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return True
+            if not self.alive():
+                return text in self.output()
+            time.sleep(0.1)
+        return False
 
     def stderr(self) -> str:
         path = getattr(self, "stderr_path", None)

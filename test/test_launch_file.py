@@ -34,6 +34,20 @@ def _module_constants(tree: ast.Module) -> dict:
     return consts
 
 
+def _keyword(call: ast.Call, name: str) -> ast.AST:
+    return next(kw.value for kw in call.keywords if kw.arg == name)
+
+
+def _resolves_to_launch_config(tree: ast.Module, value: ast.AST, argument: str) -> bool:
+    """`value` is LaunchConfiguration(argument), directly or through a local variable assigned to it."""
+    expected = f"LaunchConfiguration({argument!r})"
+    if ast.unparse(value) == expected:
+        return True
+    return isinstance(value, ast.Name) and any(
+        isinstance(n, ast.Assign) and [ast.unparse(t) for t in n.targets] == [value.id]
+        and ast.unparse(n.value) == expected for n in ast.walk(tree))
+
+
 def test_launch_file_static():
     tree = ast.parse(LAUNCH_FILE.read_text())
     consts = _module_constants(tree)
@@ -58,6 +72,20 @@ def test_launch_file_static():
     declared = [ast.literal_eval(n.args[0]) for n in ast.walk(tree)
                 if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"]
     assert {"image_topic", "params_file", "namespace"} <= set(declared)
+    # the params file is loaded (and only it: a parameters dict here would override the file's values)
+    assert ast.unparse(kwargs["parameters"]) == "[LaunchConfiguration('params_file')]"
+    defaults = {ast.literal_eval(n.args[0]): n for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"}
+    params_default = ast.unparse(_keyword(defaults["params_file"], "default_value"))
+    assert "share" in params_default and "PARAMS_FILE" in params_default
+    # `image` is remapped to the image_topic argument, `image/compressed` to its /compressed sibling
+    pairs = {ast.literal_eval(t.elts[0]): t.elts[1] for t in kwargs["remappings"].elts}
+    assert _resolves_to_launch_config(tree, pairs["image"], "image_topic")
+    assert "'/compressed'" in ast.unparse(pairs["image/compressed"])
+    # input_mode: empty by default, so the params file decides; given, it reaches the node as --input-mode
+    assert ast.literal_eval(_keyword(defaults["input_mode"], "default_value")) == ""
+    arguments = ast.unparse(kwargs["arguments"])
+    assert "'--input-mode='" in arguments and "LaunchConfiguration('input_mode')" in arguments
     # the console script it names exists
     setup = (REPO / "setup.py").read_text()
     assert "ovs_node = ovs_ros.node:main" in setup

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,12 +19,14 @@ pytest.importorskip("rclpy")
 pytest.importorskip("sensor_msgs.msg")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from ovs_ros.image_codec import image_msg_to_numpy, rgb_to_compressed_bytes  # noqa: E402
 from ros_test_utils import (  # noqa: E402
-    NodeProcess, RosClient, diagnostics_values, domain_id_for, image_msg, stamp_from_json, stamp_key, synthetic_rgb)
+    REPO, SLOW_START_MARK, NodeProcess, RosClient, diagnostics_values, domain_id_for, image_msg, ros_env,
+    stamp_from_json, stamp_key, synthetic_rgb)
 
 pytestmark = [pytest.mark.ros]
 
@@ -182,6 +186,270 @@ def test_pure_helpers():
     slot = FrameSlot()
     assert slot.put("f1") is False and slot.put("f2") is True
     assert slot.take(0.01) == "f2" and slot.take(0.01) is None
+
+
+# ------------------------------------------------------------------------------------------------- the adapter alone
+# OvsNode in this process around a fake Segmenter: the node's own logic (parameter callback, slot, release path,
+# what is computed for whom) checked directly and deterministically; the real Segmenter is covered end to end below.
+class FakeSegmenter:
+    """The part of `ovs_ros.segmenter.Segmenter` the node uses; counts `segment` calls."""
+
+    backend, device, template_set, uses_pretrained_weights = "eager", "cpu", "t1", False
+
+    def __init__(self) -> None:
+        from ovs_ros.vocabulary import Vocabulary
+
+        self.vocabulary_version = 0
+        self.segment_calls = 0
+        self.set_vocabulary(Vocabulary.from_strings(["person", "chair", "table", "stuff:floor"]))
+
+    @classmethod
+    def from_config(cls, config, overrides=None):
+        return cls()
+
+    def set_vocabulary(self, vocabulary, template_set=None) -> None:
+        self.vocabulary = vocabulary
+        self.template_set = template_set or self.template_set
+        self.vocabulary_version += 1
+
+    def segment(self, rgb):
+        from ovs_ros.results import PanopticResult, SegmentInfo
+
+        self.segment_calls += 1
+        h, w = rgb.shape[:2]
+        panoptic = np.zeros((h, w), np.int32)
+        panoptic[: h // 2] = 1
+        semantic = np.where(panoptic == 1, 0, len(self.vocabulary)).astype(np.int32)
+        segment = SegmentInfo(1, 0, "person", 0.9, True, int((panoptic == 1).sum()), (0, 0, w, h // 2))
+        return PanopticResult(panoptic, semantic, [segment], len(self.vocabulary), self.vocabulary_version)
+
+
+class LocalNodes:
+    """Makes OvsNodes (autostart off) in a private rclpy context, plus a helper node that subscribes to them."""
+
+    def __init__(self, domain_id: int, namespace: str) -> None:
+        import rclpy
+        from rclpy.context import Context
+
+        self.namespace = namespace
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.helper = rclpy.create_node("ovs_local_helper", context=self.context)
+        self.nodes = []
+
+    def make(self, **params):
+        from rclpy.parameter import Parameter
+
+        from ovs_ros.node import OvsNode
+
+        overrides = [Parameter(k, value=v) for k, v in {"autostart": False, **params}.items()]
+        node = OvsNode("ovs", namespace=self.namespace, context=self.context, parameter_overrides=overrides)
+        self.nodes.append(node)
+        return node
+
+    def subscribe(self, node, output: str):
+        """Subscribe the helper to `~/<output>` of `node` and wait until the node's publisher sees it."""
+        msg_type = String if output in ("segments", "labels") else Image
+        sub = self.helper.create_subscription(msg_type, f"{node.get_fully_qualified_name()}/{output}", lambda m: None,
+                                              10)
+        assert wait_until(lambda: node._pubs[output].get_subscription_count() > 0, 10.0), f"{output} not matched"
+        return sub
+
+    def close(self) -> None:
+        import rclpy
+
+        for node in self.nodes:
+            node.shutdown()
+            node.destroy_node()
+        self.helper.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def local(domain, monkeypatch):
+    import types
+
+    fake_module = types.ModuleType("ovs_ros.segmenter")
+    fake_module.Segmenter = FakeSegmenter
+    monkeypatch.setitem(sys.modules, "ovs_ros.segmenter", fake_module)
+    nodes = LocalNodes(domain, f"/ovs_local_{os.getpid()}")
+    yield nodes
+    nodes.close()
+
+
+def _configured(node, activate: bool = False):
+    node.trigger_configure()
+    assert node._segmenter is not None, "configure failed"
+    if activate:
+        node.trigger_activate()
+    return node
+
+
+def _feed(node, count: int, compressed: bool = False) -> None:
+    for i in range(count):
+        rgb = synthetic_rgb(24, 32, seed=i)
+        if compressed:
+            msg = CompressedImage(format="png", data=rgb_to_compressed_bytes(rgb, "png"))
+        else:
+            msg = image_msg(rgb, node.get_clock().now().to_msg())
+        node._receive(msg, compressed=compressed)
+        assert wait_until(lambda: node._slot._frame is None, 5.0), "the worker did not take the frame"
+
+
+def _counter(node, name: str) -> int:
+    return int(node.diagnostics_values()[2][name])
+
+
+def test_nothing_is_computed_for_nobody(local):
+    node = _configured(local.make(vocabulary=VOCAB_A), activate=True)
+    _feed(node, 3)
+    assert wait_until(lambda: _counter(node, "skipped_no_subscribers") == 3, 5.0)
+    assert _counter(node, "frames_processed") == 0 and node._segmenter.segment_calls == 0
+    # Only ~/segments watched: segmented and published, but the overlay is never rendered.
+    local.subscribe(node, "segments")
+    _feed(node, 2)
+    assert wait_until(lambda: _counter(node, "frames_processed") == 2, 5.0)
+    assert _counter(node, "overlay_rendered") == 0 and _counter(node, "skipped_no_subscribers") == 3
+    # Someone watches the overlay: now it is rendered; switched off, it is not, even with its subscriber.
+    local.subscribe(node, "overlay")
+    _feed(node, 1)
+    assert wait_until(lambda: _counter(node, "overlay_rendered") == 1, 5.0)
+    node.set_parameters([Parameter("publish_overlay", value=False)])
+    _feed(node, 1)
+    assert wait_until(lambda: _counter(node, "frames_processed") == 4, 5.0)
+    assert _counter(node, "overlay_rendered") == 1
+
+
+def test_void_value_changes_with_its_labels(local):
+    node = _configured(local.make(vocabulary=VOCAB_A), activate=True)
+    local.subscribe(node, "segments")
+    published = {"labels": [], "segments": []}
+    for name, items in published.items():
+        real = node._pubs[name].publish
+        node._pubs[name].publish = lambda msg, real=real, items=items: (items.append(json.loads(msg.data)),
+                                                                        real(msg))
+    result = node.set_parameters([Parameter("semantic_void_value", value=0)])[0]
+    assert result.successful, result.reason
+    # ~/labels with the new mapping is out when the reply is (no later timer), and frames use the same value.
+    assert published["labels"] and published["labels"][-1]["semantic_void_value"] == 0
+    assert published["labels"][-1]["semantic_offset"] == 1
+    _feed(node, 1)
+    assert wait_until(lambda: published["segments"], 5.0)
+    assert published["segments"][-1]["semantic_void_value"] == 0
+    assert [s["semantic_value"] for s in published["segments"][-1]["segments"]] == [1]
+
+
+def test_cleanup_configure_cycles_do_not_accumulate_managed_entities(local):
+    node = local.make(vocabulary=VOCAB_A)
+    if not hasattr(node, "destroy_lifecycle_publisher"):
+        pytest.skip("rclpy without lifecycle nodes")
+    _configured(node)
+    configured = len(node._managed_entities)  # rclpy's own bookkeeping: what every transition visits
+    node.trigger_cleanup()
+    unconfigured = len(node._managed_entities)
+    for _ in range(3):
+        _configured(node)
+        assert len(node._managed_entities) == configured
+        node.trigger_cleanup()
+        assert len(node._managed_entities) == unconfigured
+    assert configured - unconfigured == 5  # ~/panoptic, ~/semantic, ~/segments, ~/overlay, ~/labels
+
+
+def test_bad_compressed_frames_never_displace_a_good_one(local):
+    import struct
+
+    node = _configured(local.make(vocabulary=VOCAB_A, input_mode="compressed"))  # inactive: nobody takes frames
+    good = CompressedImage(format="png", data=rgb_to_compressed_bytes(synthetic_rgb(24, 32), "png"))
+    huge_png = (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", 10000, 10000)
+                + bytes(64))
+    bad = [("corrupt", CompressedImage(format="jpeg", data=b"\x00garbage" * 50)),
+           ("empty", CompressedImage(format="png", data=b"")),
+           ("encoding", CompressedImage(format="tiff", data=good.data)),
+           ("too_large", CompressedImage(format="png", data=huge_png)),
+           ("corrupt", CompressedImage(format="png", data=bytes(good.data)[:20]))]
+    node._receive(good, compressed=True)
+    for _, msg in bad:
+        node._receive(msg, compressed=True)
+    values = node.diagnostics_values()[2]
+    assert values["dropped_frames"] == "0", values
+    assert values["bad_input"] == str(len(bad))
+    for reason in ("corrupt", "empty", "encoding", "too_large"):
+        assert int(values[f"bad_input_{reason}"]) == sum(r == reason for r, _ in bad), (reason, values)
+    assert node._slot.take(0.0).msg is good
+
+
+def test_vocabulary_requests_that_would_be_ignored_are_refused(local, tmp_path):
+    vocab_file = tmp_path / "kitchen.yaml"
+    vocab_file.write_text("classes:\n  - red mug\n  - laptop\n  - stuff:floor\n")
+    node = _configured(local.make(vocabulary_file=str(vocab_file), max_vocabulary_size=10))
+
+    def set_param(name, value):
+        return node.set_parameters([Parameter(name, value=value)])[0]
+
+    version = node._segmenter.vocabulary_version
+    # stuff_classes only applies to `vocabulary`: with a vocabulary file (or the config's) it is refused.
+    result = set_param("stuff_classes", ["laptop"])
+    assert not result.successful and "stuff_classes only applies" in result.reason and "kitchen.yaml" in result.reason
+    assert set_param("vocabulary_file", "").successful  # back to the segmenter config's vocabulary
+    result = set_param("stuff_classes", ["chair"])
+    assert not result.successful and "segmenter config" in result.reason
+    # max_vocabulary_size below the vocabulary in use (4 classes) is refused; at or above it is fine.
+    result = set_param("max_vocabulary_size", 3)
+    assert not result.successful and "below the size of the current vocabulary (4 classes)" in result.reason
+    assert set_param("max_vocabulary_size", 4).successful
+    # Lowered together with a vocabulary that fits: accepted atomically.
+    result = node.set_parameters_atomically([Parameter("vocabulary", value=["red mug", "laptop"]),
+                                             Parameter("stuff_classes", value=["laptop"]),
+                                             Parameter("max_vocabulary_size", value=2)])
+    assert result.successful, result.reason
+    assert list(node._segmenter.vocabulary.labels) == ["red mug", "laptop"]
+    # A malformed YAML file and an unreadable (not UTF-8) one are refused with a reason; the vocabulary stays.
+    version = node._segmenter.vocabulary_version
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("classes: [red mug, laptop\n  - : :\n")
+    result = set_param("vocabulary_file", str(bad_yaml))
+    assert not result.successful and "not valid YAML" in result.reason, result.reason
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00classes\x00\x9c")
+    result = set_param("vocabulary_file", str(binary))
+    assert not result.successful and "cannot read" in result.reason, result.reason
+    result = set_param("vocabulary_file", str(tmp_path))  # a folder
+    assert not result.successful and "no such file" in result.reason, result.reason
+    assert node._segmenter.vocabulary_version == version
+    assert list(node._segmenter.vocabulary.labels) == ["red mug", "laptop"]
+
+
+def test_check_compressed_msg_reads_only_the_header():
+    from ovs_ros.image_codec import COMPRESSED_PEEK_BYTES, check_compressed_msg
+
+    rgb = synthetic_rgb(24, 32)
+    check_compressed_msg(CompressedImage(format="jpeg", data=rgb_to_compressed_bytes(rgb, "jpeg")), 10_000,
+                         peek_bytes=COMPRESSED_PEEK_BYTES)
+    with pytest.raises(ValueError, match="more than max_image_pixels"):
+        check_compressed_msg(CompressedImage(format="png", data=rgb_to_compressed_bytes(rgb, "png")), 100,
+                             peek_bytes=COMPRESSED_PEEK_BYTES)
+    # A JPEG whose size marker lies beyond the peek is left to the worker, not refused; the full check refuses it.
+    big_app = CompressedImage(format="jpeg", data=b"\xff\xd8" + (b"\xff\xe1\xff\xff" + bytes(0xFFFD)) * 2 + b"\xff\xd9")
+    assert len(big_app.data) > COMPRESSED_PEEK_BYTES
+    check_compressed_msg(big_app, 100, peek_bytes=COMPRESSED_PEEK_BYTES)
+    with pytest.raises(ValueError, match="no readable image header"):
+        check_compressed_msg(big_app, 100)
+
+
+def test_semantic_void_value_descriptor_has_a_range():
+    from ovs_ros.node_params import PARAMS_BY_NAME, make_descriptor
+
+    ranges = make_descriptor(PARAMS_BY_NAME["semantic_void_value"]).integer_range
+    assert ranges and (ranges[0].from_value, ranges[0].to_value) == (0, 65535)
 
 
 def test_outputs_share_stamps_and_ids_match(node, client):
@@ -546,6 +814,67 @@ def test_overload_newest_frame_wins(slow_node, client):
     assert float(after["latency_ms_max"]) < (3.0 * period_s + 0.5) * 1e3
 
 
+def _timed_call(client, srv_type, name, request, timeout: float = 20.0):
+    """(reply, seconds) of one service call; the client is created and discovered before the clock starts."""
+    cli = client.node.create_client(srv_type, name)
+    try:
+        assert cli.wait_for_service(timeout_sec=timeout), f"{name} not available"
+        start = time.monotonic()
+        future = cli.call_async(request)
+        while not future.done() and time.monotonic() - start < timeout:
+            time.sleep(0.005)
+        return future.result(), time.monotonic() - start
+    finally:
+        client.node.destroy_client(cli)
+
+
+def test_parameter_calls_answered_while_a_frame_is_in_flight(domain, client, tmp_path):
+    """A frame takes 4 s in the worker; get/set_parameters during it are answered at once by the executor."""
+    from rcl_interfaces.srv import GetParameters, SetParameters
+
+    from ros_test_utils import to_parameter_msg
+
+    frame_s = 4.0
+    ns = f"/ovs_busy_{os.getpid()}"
+    proc = NodeProcess(domain, ns, params={"vocabulary": VOCAB_A, "input_reliability": "reliable", **FAST},
+                       slow_ms=int(frame_s * 1000), log_dir=tmp_path).start()
+    streams = Streams(client, ns, proc.fqn)
+
+    def send(seed: int) -> tuple:
+        stamp = client.now_msg()
+        streams.image_pub.publish(image_msg(synthetic_rgb(H, W, seed=seed), stamp))
+        return stamp_key(stamp)
+
+    def answered(key, timeout):
+        return streams.segments.wait_for(lambda m: stamp_from_json(json.loads(m.data)) == key, timeout)
+
+    try:
+        wait_ready(proc, streams)
+        for seed in range(10):  # until a frame makes the round trip (input discovered), then the worker is idle
+            if answered(send(seed), 2 * frame_s + 5.0) is not None:
+                break
+        else:
+            raise AssertionError(f"no frame came back:\n{proc.output()[-3000:]}")
+        key = send(99)
+        time.sleep(0.5)  # taken by the worker at once (empty slot); now inside its 4 s
+        got, get_s = _timed_call(client, GetParameters, f"{proc.fqn}/get_parameters",
+                                 GetParameters.Request(names=["overlay_alpha", "vocabulary"]))
+        request = SetParameters.Request(parameters=[to_parameter_msg("overlay_alpha", 0.4)])
+        reply, set_s = _timed_call(client, SetParameters, f"{proc.fqn}/set_parameters", request)
+        replied = time.monotonic()
+        out = answered(key, 2 * frame_s + 5.0)
+        finished = time.monotonic()
+    finally:
+        proc.stop(signal.SIGTERM)
+    print(f"\nframe in flight ({frame_s:.0f} s): get_parameters {get_s * 1e3:.0f} ms, set_parameters "
+          f"{set_s * 1e3:.0f} ms; the frame came back {finished - replied:.1f} s after the replies")
+    assert got is not None and got.values[0].double_value == 0.5 and list(got.values[1].string_array_value) == VOCAB_A
+    assert reply is not None and reply.results[0].successful
+    assert out is not None, "the in-flight frame never came back"
+    assert get_s < 1.0 and set_s < 1.0, "parameter calls waited for the frame"
+    assert finished - replied > 1.0, "the frame was not in flight during the calls"
+
+
 # ------------------------------------------------------------------------------------------------- life cycle
 def test_lifecycle_managed_compressed_input(domain, client, tmp_path):
     from lifecycle_msgs.msg import Transition
@@ -621,6 +950,71 @@ def test_lifecycle_managed_compressed_input(domain, client, tmp_path):
     assert rc == 0 and "Traceback" not in out, out[-3000:]
 
 
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("overlay_alpha", 1, "expecting type 'DOUBLE'"),  # int for a double: rclpy refuses it while declaring
+    ("input_depth", 0, "out of range"),
+    ("input_reliability", "sometimes", "input_reliability='sometimes' not allowed"),  # allowed values: configure
+    ("backend", "tensorrt", "backend='tensorrt' not allowed"),
+])
+def test_bad_start_up_parameter_exits_1_without_traceback(domain, tmp_path, name, value, expected):
+    proc = NodeProcess(domain, f"/ovs_badparam_{os.getpid()}", params={name: value}, log_dir=tmp_path).start()
+    try:
+        proc.proc.wait(timeout=START_TIMEOUT)
+    finally:
+        rc = proc.stop(signal.SIGKILL)
+    out = proc.output()
+    assert rc == 1, f"exit code {rc}:\n{out[-3000:]}"
+    assert expected in out and "Traceback" not in out, out[-3000:]
+    assert "RANDOM WEIGHTS" not in out, "the model was loaded before the parameters were checked"
+
+
+def test_unusable_params_file_exits_1_without_traceback(domain, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**:\n  ros__parameters:\n    overlay_alpha: [1\n")
+    for params_file in (bad, tmp_path / "missing.yaml"):
+        proc = subprocess.run([sys.executable, "-m", "ovs_ros.node", "--ros-args", "--params-file", str(params_file)],
+                              cwd=str(REPO), env=ros_env(domain), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert "params file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("flag, expected", [("--input-mode=", "raw"), ("--input-mode=compressed", "compressed")])
+def test_input_mode_flag_overrides_the_params_file_only_when_given(domain, client, tmp_path, flag, expected):
+    """What launch/ovs.launch.py passes: `--input-mode=` (argument unset) must keep the params file's value."""
+    from rcl_interfaces.srv import GetParameters
+
+    proc = NodeProcess(domain, f"/ovs_flag_{os.getpid()}_{expected}", cli_args=["--managed", flag],
+                       log_dir=tmp_path).start()
+    try:
+        reply = client.call(GetParameters, f"{proc.fqn}/get_parameters", GetParameters.Request(names=["input_mode"]),
+                            timeout=START_TIMEOUT)
+    finally:
+        rc = proc.stop(signal.SIGTERM)
+    assert reply.values[0].string_value == expected
+    assert rc == 0, proc.output()[-3000:]
+
+
+def test_second_signal_abandons_a_long_start_up(domain, tmp_path):
+    """The first signal lets a start-up finish (then exits cleanly); a second one exits at once, 128 + signal."""
+    proc = NodeProcess(domain, f"/ovs_slowstart_{os.getpid()}", params=FAST, slow_start_s=300,
+                       log_dir=tmp_path).start()
+    try:
+        assert proc.wait_output(SLOW_START_MARK, START_TIMEOUT), proc.output()[-3000:]
+        proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert proc.alive(), proc.output()[-3000:]
+        start = time.monotonic()
+        rc = proc.stop(signal.SIGINT, timeout=20.0)
+        elapsed = time.monotonic() - start
+    finally:
+        if proc.alive():
+            proc.stop(signal.SIGKILL)
+    out = proc.output()
+    assert rc == 128 + signal.SIGINT, f"exit code {rc}:\n{out[-3000:]}"
+    assert elapsed < 10.0, f"took {elapsed:.1f} s to exit after the second signal"
+    assert "Traceback" not in out, out[-3000:]
 
 
 def test_sigterm_exits_cleanly(node):

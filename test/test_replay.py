@@ -62,22 +62,58 @@ def write_rosbag2(path: Path, storage: str, compressed_topic: bool = True) -> Pa
     return path
 
 
+IMAGE_MSGDEF = (
+    "std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\nuint32 step\n"
+    "uint8[] data\n================================================================================\n"
+    "MSG: std_msgs/Header\nbuiltin_interfaces/Time stamp\nstring frame_id\n"
+    "================================================================================\n"
+    "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n")
+
+
 def write_bare_mcap(path: Path) -> Path:
     from mcap_ros2.writer import Writer
 
-    msgdef = (
-        "std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\nuint32 step\n"
-        "uint8[] data\n================================================================================\n"
-        "MSG: std_msgs/Header\nbuiltin_interfaces/Time stamp\nstring frame_id\n"
-        "================================================================================\n"
-        "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n")
     with open(path, "wb") as f:
         writer = Writer(f)
-        schema = writer.register_msgdef("sensor_msgs/msg/Image", msgdef)
+        schema = writer.register_msgdef("sensor_msgs/msg/Image", IMAGE_MSGDEF)
         for i, rgb in enumerate(FRAMES):
             msg = {"header": {"stamp": {"sec": 200 + i, "nanosec": 0}, "frame_id": "mcap_cam"}, "height": H,
                    "width": W, "encoding": "rgb8", "is_bigendian": 0, "step": W * 3, "data": rgb.tobytes()}
             writer.write_message("/camera/image", schema, msg, log_time=(200 + i) * 10**9)
+        writer.finish()
+    return path
+
+
+def write_mixed_mcap(path: Path, summary: bool = True) -> Path:
+    """A bare .mcap as a robot logger writes it: JSON telemetry and a std_msgs/String channel besides the camera
+    (stamps 300 + i s). `summary=False` leaves out the summary section (a recording that was never finalised)."""
+    import json
+
+    from mcap.writer import IndexType, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.LATEST)
+    Img, String = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/String"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    options = {} if summary else dict(use_chunking=False, index_types=IndexType.NONE, repeat_channels=False,
+                                      repeat_schemas=False, use_statistics=False, use_summary_offsets=False)
+    with open(path, "wb") as f:
+        writer = Writer(f, **options)
+        writer.start(profile="ros2", library="test_replay")
+        image_schema = writer.register_schema("sensor_msgs/msg/Image", "ros2msg", IMAGE_MSGDEF.encode())
+        string_schema = writer.register_schema("std_msgs/msg/String", "ros2msg", b"string data\n")
+        json_schema = writer.register_schema("Telemetry", "jsonschema", b'{"type": "object"}')
+        telemetry = writer.register_channel("/telemetry", "json", json_schema)
+        chatter = writer.register_channel("/chatter", "cdr", string_schema)
+        camera = writer.register_channel("/camera/image", "cdr", image_schema)
+        for i, rgb in enumerate(FRAMES):
+            t = (300 + i) * 10**9
+            header = Header(stamp=Time(sec=300 + i, nanosec=0), frame_id="mixed_cam")
+            image = Img(header=header, height=H, width=W, encoding="rgb8", is_bigendian=0, step=W * 3,
+                        data=np.ascontiguousarray(rgb).reshape(-1))
+            writer.add_message(telemetry, t, json.dumps({"battery": 0.9 - i / 100}).encode(), t)
+            writer.add_message(chatter, t, bytes(ts.serialize_cdr(String(data=f"hi {i}"), String.__msgtype__)), t)
+            writer.add_message(camera, t, bytes(ts.serialize_cdr(image, Img.__msgtype__)), t)
         writer.finish()
     return path
 
@@ -129,6 +165,22 @@ def test_bare_mcap_and_folder_and_video_readers(tmp_path):
         FrameSource(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("summary", [True, False])
+def test_bare_mcap_with_other_channels(tmp_path, summary):
+    """JSON and non-image ROS channels are skipped without being decoded (they used to abort the replay)."""
+    from mcap.reader import make_reader
+
+    path = write_mixed_mcap(tmp_path / "mixed.mcap", summary=summary)
+    with open(path, "rb") as f:
+        assert (make_reader(f).get_summary() is not None) == summary
+    frames = list(FrameSource(path).frames())
+    assert [_frame_index(f[0]) for f in frames] == [0, 1, 2, 3, 4]
+    assert [f[1] for f in frames] == [(300 + i, 0) for i in range(5)] and frames[0][2] == "mixed_cam"
+    assert len(list(FrameSource(path, bag_topic="/camera/image").frames())) == 5
+    with pytest.raises(ReplayError, match="no ROS 2 image topic /chatter" if summary else "no sensor_msgs Image"):
+        list(FrameSource(path, bag_topic="/chatter").frames())
+
+
 # ------------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def domain():
@@ -147,6 +199,16 @@ def run_replay(domain, args, timeout=60.0):
     return subprocess.run(cmd, cwd=str(REPO), env=ros_env(domain), capture_output=True, text=True, timeout=timeout)
 
 
+def replayed(got, proc, count, timeout=5.0):
+    """The messages `got` received from a finished `ovs-replay` run that must have exited cleanly."""
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    deadline = time.monotonic() + timeout
+    while len(got.messages()) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got.messages()
+
+
 def test_replay_bag_loops_at_rate(tmp_path, domain, client):
     bag = write_rosbag2(tmp_path / "bag", "mcap", compressed_topic=False)
     ns = f"/replay_{os.getpid()}_a"
@@ -155,12 +217,7 @@ def test_replay_bag_loops_at_rate(tmp_path, domain, client):
     proc = run_replay(domain, [bag, "--topic", "cam", "--rate", "20", "--max-frames", "12", "--wait-subscribers", "1",
                                "--frame-id", "replayed", "--ros-args", "-r", f"__ns:={ns}"])
     elapsed = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    deadline = time.monotonic() + 5
-    while len(got.messages()) < 12 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    msgs = got.messages()
+    msgs = replayed(got, proc, 12)
     assert len(msgs) == 12
     assert [_frame_index(image_msg_to_numpy(m)) for m in msgs] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
     assert all(m.header.frame_id == "replayed" and m.encoding == "rgb8" for m in msgs)
@@ -176,13 +233,24 @@ def test_replay_folder_compressed_once(tmp_path, domain, client):
     got = client.subscribe(CompressedImage, f"{ns}/image/compressed", depth=100)
     proc = run_replay(domain, [folder, "--compressed", "png", "--no-loop", "--rate", "50", "--stamp", "original",
                                "--wait-subscribers", "1", "--ros-args", "-r", f"__ns:={ns}"])
-    assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 5
-    while len(got.messages()) < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    msgs = got.messages()
+    msgs = replayed(got, proc, 5)
     assert [_frame_index(compressed_msg_to_rgb(m)) for m in msgs] == [0, 1, 2, 3, 4]
     assert all(m.format == "png" and m.header.frame_id == "camera" for m in msgs)
+
+
+def test_replay_original_stamps_never_go_back_when_looping(tmp_path, domain, client):
+    path = write_mixed_mcap(tmp_path / "mixed.mcap")
+    ns = f"/replay_{os.getpid()}_c"
+    got = client.subscribe(Image, f"{ns}/image", depth=100)
+    proc = run_replay(domain, [path, "--rate", "50", "--max-frames", "12", "--stamp", "original",
+                               "--wait-subscribers", "1", "--ros-args", "-r", f"__ns:={ns}"])
+    msgs = replayed(got, proc, 12)
+    assert [_frame_index(image_msg_to_numpy(m)) for m in msgs] == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msgs]
+    assert stamps[:5] == [(300 + i) * 10**9 for i in range(5)], "the first pass keeps the recorded stamps"
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), f"stamps went back: {stamps}"
+    # each later pass is shifted by the recording's span (4 s) plus one frame interval (1 s)
+    assert stamps[5] - stamps[0] == 5 * 10**9 and stamps[10] - stamps[0] == 10 * 10**9
 
 
 def test_replay_bad_source_exit_code(tmp_path, domain):
