@@ -98,7 +98,8 @@ def benchmark_postprocess(num_queries: int, num_classes: int, size: int, repeats
     merge)."""
     import torch.nn.functional as F
 
-    from ovs_ros.postprocess import ensemble_class_probs, panoptic_at_size, panoptic_merge, semantic_map
+    from ovs_ros.postprocess import (ensemble_class_probs, masks_for_merge, panoptic_at_size, panoptic_merge,
+                                     semantic_map)
 
     generator = torch.Generator().manual_seed(0)
     field = F.interpolate(torch.randn(1, num_queries, 12, 12, generator=generator), size=(size, size),
@@ -116,7 +117,7 @@ def benchmark_postprocess(num_queries: int, num_classes: int, size: int, repeats
     for _ in range(repeats):
         start = time.perf_counter()
         probs = ensemble_class_probs(clip_logits, gen_logits, lut, seen, 0.9, 1.0)
-        merged = panoptic_merge(mask_probs, probs, is_thing)
+        merged = panoptic_merge(masks_for_merge(mask_probs[None], (size, size))[0], probs, is_thing)
         panoptic, _, _ = panoptic_at_size(merged, (size, size))
         semantic_map(panoptic, merged.segment_class, num_classes)
         times.append((time.perf_counter() - start) * 1000.0)

@@ -24,6 +24,8 @@ __all__ = [
     "map_generator_logits",
     "ensemble_class_probs",
     "panoptic_merge",
+    "masks_for_merge",
+    "panoptic_at_size",
     "semantic_map",
     "semantic_probs",
     "segment_boxes",
@@ -243,6 +245,23 @@ def semantic_map(panoptic: Tensor, segment_class: Tensor, void_id: int) -> Tenso
     lut = torch.cat([torch.tensor([void_id], dtype=torch.long, device=panoptic.device),
                      segment_class.to(device=panoptic.device, dtype=torch.long)])
     return lut[panoptic.long()].to(torch.int32)
+
+
+def masks_for_merge(mask_probs: Tensor, output_hw: Sequence[int]) -> Tensor:
+    """The `[B, Q, h, w]` generator-frame mask probabilities at the resolution the merge should run at.
+
+    MaskCLIP++ (like Mask2Former's `sem_seg_postprocess_before_inference`) resizes the soft masks bilinearly to the
+    original image before the merge, so areas, the overlap test and ties are decided there: done here whenever the
+    output is no larger than the generator frame. A larger output (a 4K camera with a 640 px generator) would cost
+    Q full-resolution masks (100 x 3840 x 2160 floats = 3.3 GB); then the merge stays on the generator frame and
+    `panoptic_at_size` resizes the id map instead.
+    """
+    _check(mask_probs, "mask_probs", 4)
+    h, w = int(output_hw[0]), int(output_hw[1])
+    frame_h, frame_w = mask_probs.shape[-2:]
+    if (h, w) == (frame_h, frame_w) or h * w > frame_h * frame_w:
+        return mask_probs
+    return torch.nn.functional.interpolate(mask_probs, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def panoptic_at_size(merge: "PanopticMergeOutput", size_hw: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:

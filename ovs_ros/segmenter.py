@@ -6,7 +6,8 @@ Pipeline per frame (design.md, corrections.md 6, 9-12, 15):
   3. masks resampled generator frame -> CLIP frame; CLIP classifier -> Q mask embeddings
   4. similarity with the cached vocabulary embeddings -> PSM -> max over synonyms -> [Q, K] logits
   5. renormalised ensemble with the generator's logits (seen alpha / unseen beta), void from the generator
-  6. vectorised panoptic merge on the generator frame, id map resized (nearest) to the input, semantic map, table
+  6. vectorised panoptic merge at the input size (masks resized there, as MaskCLIP++), or on the generator frame with
+     the id map resized (nearest) when the input is larger; semantic map, segment table
 
 The vocabulary is an immutable snapshot swapped under a lock: a frame in flight keeps the snapshot it started with,
 and a vocabulary change never blocks on a frame.
@@ -28,6 +29,7 @@ from ovs_ros.model_factory import LoadedModels, build_models
 from ovs_ros.postprocess import (
     build_segments,
     ensemble_class_probs,
+    masks_for_merge,
     panoptic_at_size,
     panoptic_merge,
     semantic_map,
@@ -256,7 +258,7 @@ class Segmenter:
             )
         with timer.stage("merge"):
             merged = panoptic_merge(
-                mask_probs[0],
+                masks_for_merge(mask_probs, (height, width))[0],
                 class_probs,
                 state.is_thing,
                 object_mask_threshold=self.config.object_mask_threshold,

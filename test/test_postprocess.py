@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ovs_ros.postprocess import (
     build_segments,
@@ -326,3 +327,15 @@ def test_timing_report(size, capsys):
     with capsys.disabled():
         print(f"\n[timing] ensemble+merge+semantic+segments Q={q} K={k} {size}x{size}: {ms:.1f} ms")
     assert ms < 2000
+
+
+def test_masks_for_merge_resizes_down_to_the_output_only():
+    """As MaskCLIP++: soft masks go to the original image size before the merge, unless that is larger than the
+    generator frame (then the id map is resized instead)."""
+    from ovs_ros.postprocess import masks_for_merge
+
+    probs = torch.rand(1, 4, 64, 96, generator=torch.Generator().manual_seed(0))
+    smaller = masks_for_merge(probs, (48, 72))
+    torch.testing.assert_close(smaller, F.interpolate(probs, size=(48, 72), mode="bilinear", align_corners=False))
+    assert masks_for_merge(probs, (64, 96)) is probs
+    assert masks_for_merge(probs, (128, 192)) is probs  # larger output: merge on the generator frame

@@ -200,3 +200,21 @@ def test_realtime_architecture_segments_a_camera_frame(monkeypatch):
     ids = sorted(np.unique(result.panoptic[result.panoptic > 0]).tolist())
     assert ids == [s.id for s in result.segments]
     assert {s.label for s in result.segments} <= {"person", "rocket", "sky"}
+
+
+def test_merge_runs_at_the_input_size_when_it_is_not_larger_than_the_generator_frame(segmenter, monkeypatch):
+    import ovs_ros.segmenter as segmenter_module
+
+    seen = []
+    real_merge = segmenter_module.panoptic_merge
+
+    def recording_merge(mask_probs, *args, **kwargs):
+        seen.append(tuple(mask_probs.shape[-2:]))
+        return real_merge(mask_probs, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter_module, "panoptic_merge", recording_merge)
+    small = np.ascontiguousarray(sample_image("chelsea")[:150, :200])  # generator frame 256 x 341: merge at 150 x 200
+    big = sample_image("chelsea")  # 300 x 451 is larger than its generator frame, 255 x 384 (long side capped)
+    assert segmenter.segment(small).panoptic.shape == (150, 200)
+    assert segmenter.segment(big).panoptic.shape == (300, 451)
+    assert seen == [(150, 200), (255, 384)]
