@@ -218,3 +218,21 @@ def test_merge_runs_at_the_input_size_when_it_is_not_larger_than_the_generator_f
     assert segmenter.segment(small).panoptic.shape == (150, 200)
     assert segmenter.segment(big).panoptic.shape == (300, 451)
     assert seen == [(150, 200), (255, 384)]
+
+
+def test_every_shipped_segmenter_config_resolves():
+    """Each config in config/segmenter/ loads, its cards match its architectures, and every size is settled."""
+    from pathlib import Path
+
+    names = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "config" / "segmenter").glob("*.yaml"))
+    assert {"tiny", "eva02_b16_swin_tiny", "eva02_l14_336_swin_large", "convnext_b_swin_tiny"} <= set(names)
+    for name in names:
+        config = load_segmenter_config(name)
+        assert config.generator.input_short_side and config.classifier.input_short_side, name
+        assert config.ensemble_alpha is not None, name
+        if config.classifier.card:
+            assert config.classifier.pretrained, f"{name}: a fine-tuned card needs base CLIP weights"
+    large = load_segmenter_config("eva02_l14_336_swin_large")
+    assert (large.generator.input_short_side, large.classifier.input_short_side, large.ensemble_alpha) == (800, 392, 0.9)
+    convnext = load_segmenter_config("convnext_b_swin_tiny")
+    assert (convnext.classifier.input_short_side, convnext.ensemble_alpha) == (512, 0.6)
