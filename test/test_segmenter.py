@@ -233,6 +233,7 @@ def test_every_shipped_segmenter_config_resolves():
         if config.classifier.card:
             assert config.classifier.pretrained, f"{name}: a fine-tuned card needs base CLIP weights"
     large = load_segmenter_config("eva02_l14_336_swin_large")
-    assert (large.generator.input_short_side, large.classifier.input_short_side, large.ensemble_alpha) == (800, 392, 0.9)
+    sizes = (large.generator.input_short_side, large.classifier.input_short_side, large.ensemble_alpha)
+    assert sizes == (800, 392, 0.9)
     convnext = load_segmenter_config("convnext_b_swin_tiny")
     assert (convnext.classifier.input_short_side, convnext.ensemble_alpha) == (512, 0.6)
