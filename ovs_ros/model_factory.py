@@ -108,8 +108,12 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
             LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity "
                         "(cosine x logit scale, mean over templates)")
         return classifier, psm, None, settings.pretrained is not None
-    fmt = card.format if card is not None else _format_of(checkpoint)
-    psm_kind, templates = _psm_of(card, checkpoint, fmt, settings)
+    meta = _ovs_metadata(checkpoint) if card is None else {}  # a bare file: its own metadata, read once
+    if card is not None:
+        fmt = card.format
+    else:  # our own exports say so in their safetensors metadata; anything else is a MaskCLIP++ file
+        fmt = "ovs_safetensors" if meta.get("format") == "ovs_safetensors" else "maskclippp_pth"
+    psm_kind, templates = _psm_of(card, meta, checkpoint, settings)
     psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
     # maskclippp_pth: load_maskclippp_checkpoint picks the EVA or ConvNeXt key map from the classifier's family.
     loaders = {"ovs_safetensors": load_ovs_classifier_checkpoint, "maskclippp_pth": load_maskclippp_checkpoint}
@@ -124,11 +128,6 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
     return classifier, psm, templates, settings.pretrained is not None
 
 
-def _format_of(path: str) -> str:
-    """Checkpoint format of an explicit file (no card): our own safetensors say so in their metadata."""
-    return "ovs_safetensors" if _ovs_metadata(path).get("format") == "ovs_safetensors" else "maskclippp_pth"
-
-
 def _ovs_metadata(path: str) -> dict:
     if str(path).endswith(".safetensors") and Path(path).is_file():
         from safetensors import safe_open
@@ -138,12 +137,12 @@ def _ovs_metadata(path: str) -> dict:
     return {}
 
 
-def _psm_of(card: Optional[ModelCard], checkpoint: str, fmt: str, settings: ClassifierSettings) -> tuple:
+def _psm_of(card: Optional[ModelCard], meta: dict, checkpoint: str, settings: ClassifierSettings) -> tuple:
     """(PSM kind, template set) of a fine-tuned checkpoint: its card says, else an ovs_safetensors file's own
-    metadata (written by ovs_training's export), else the config. The template set belongs to the weights."""
+    metadata (written by ovs_training's export); with neither, a clear error. The template set belongs to the
+    weights."""
     if card is not None and card.psm:
         return card.psm, card.template_set
-    meta = _ovs_metadata(checkpoint) if fmt == "ovs_safetensors" else {}
     if meta.get("model_name") and meta["model_name"] != settings.model_name:
         raise ValueError(f"{checkpoint} was exported from {meta['model_name']!r}, but the config builds "
                          f"{settings.model_name!r}")
