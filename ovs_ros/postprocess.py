@@ -28,6 +28,7 @@ __all__ = [
     "panoptic_at_size",
     "semantic_map",
     "semantic_probs",
+    "semantic_inference",
     "segment_boxes",
     "build_segments",
 ]
@@ -287,6 +288,32 @@ def semantic_probs(mask_probs: Tensor, class_probs: Tensor) -> Tensor:
         raise ValueError(f"class_probs has {class_probs.shape[0]} queries, mask_probs has {q}")
     cls = class_probs[:, :-1].to(mask_probs.dtype)
     return (cls.transpose(0, 1) @ mask_probs.reshape(q, h * w)).view(-1, h, w)
+
+
+def semantic_inference(mask_probs: Tensor, class_probs: Tensor, chunk_pixels: Optional[int] = None) -> Tensor:
+    """[H, W] int64 `argmax_k sum_q softmax(log(p + 1e-8))[q, k] * m_q` over the K non-void classes: MaskCLIP++'s
+    `_semantic_inference` (maskclippp.py) on its void-augmented class logits `log([p (1 - p_void), p_void] + 1e-8)`,
+    then detectron2 `SemSegEvaluator`'s argmax.
+
+    `mask_probs` [Q, H, W] at the output size (MaskCLIP++ resizes the soft masks bilinearly first);
+    `class_probs` [Q, K + 1] with the void column last. The [K, H, W] score volume is never held whole: pixels are
+    scored in blocks of `chunk_pixels` (None: about 16 MB of scores per block), so ADE-847 at full size stays small.
+    """
+    _check(mask_probs, "mask_probs", 3)
+    _check(class_probs, "class_probs", 2)
+    q, h, w = mask_probs.shape
+    if class_probs.shape[0] != q:
+        raise ValueError(f"class_probs has {class_probs.shape[0]} queries, mask_probs has {q}")
+    k = class_probs.shape[1] - 1
+    cls = torch.log(class_probs.float() + 1e-8).softmax(-1)[:, :k].to(mask_probs.dtype)  # [Q, K]
+    masks = mask_probs.reshape(q, h * w)
+    if chunk_pixels is None:
+        chunk_pixels = max(1024, (4 << 20) // max(k, 1))
+    out = torch.empty(h * w, dtype=torch.long, device=mask_probs.device)
+    for start in range(0, h * w, chunk_pixels):
+        n = min(chunk_pixels, h * w - start)
+        out[start:start + n] = (masks.narrow(1, start, n).t() @ cls).argmax(1)  # [n, K] -> first max on ties
+    return out.view(h, w)
 
 
 def segment_boxes(panoptic: Tensor, num_segments: int) -> Tensor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +39,8 @@ class PanopticResult:
     semantic: [H, W] int32 class indices into the vocabulary, `void_class_id` where no segment.
     segments: one entry per id > 0 present in `panoptic`, in id order.
     timings_ms: wall-clock milliseconds per stage (preprocess, generator, classifier, ensemble, merge, ...).
+    semantic_inference: [H, W] int32 class indices from MaskCLIP++'s soft semantic inference
+        (`argmax_k sum_q p(q, k) m_q`, no void), when asked for (`Segmenter.segment(rgb, semantic=True)`); else None.
     """
 
     panoptic: np.ndarray
@@ -47,6 +49,7 @@ class PanopticResult:
     void_class_id: int
     vocabulary_version: int = 0
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    semantic_inference: Optional[np.ndarray] = None
 
     def segments_table(self) -> List[dict]:
         return [s.to_dict() for s in self.segments]
