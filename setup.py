@@ -37,6 +37,7 @@ EXTRAS = {
         "mcap-ros2-support>=0.5",
     ],
     "tensorrt": ["torch-tensorrt"],
+    "weights": ["gdown>=5"],  # `ovs-weights download` of Google Drive files (MaskCLIP++, FC-CLIP, MAFT+)
     "dev": [
         "pytest>=7",
         "pytest-timeout",
@@ -83,6 +84,7 @@ setup(
             "ovs-demo = ovs_ros.cli:demo_main",
             "ovs-benchmark = ovs_ros.benchmark:main",
             "ovs-export = ovs_ros.cli:export_main",
+            "ovs-weights = ovs_ros.weights_cli:main",
         ],
     },
 )

@@ -144,6 +144,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--switch-templates", default="t14")
     parser.add_argument("--postprocess-size", type=int, default=640,
                         help="frame side for the many-segments post-processing measurement (0 = skip)")
+    from ovs_ros.cli import add_config_overrides, config_overrides
+
+    add_config_overrides(parser)
     args = parser.parse_args(argv)
 
     from ovs_ros.cli import load_image
@@ -151,11 +154,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"device": args.device} if args.device else {}
-    overrides["text_cache_dir"] = None
+    overrides = config_overrides(args)
+    if args.device:
+        overrides["device"] = args.device
+    overrides.setdefault("text_cache_dir", None)
     segmenter = Segmenter.from_config(args.config, overrides)
     rgb = load_image(args.image)
-    print(f"config {args.config} | device {segmenter.device} | precision {segmenter.config.precision} | "
+    print(f"config {args.config} | device {segmenter.device} | precision {segmenter.describe()['precision']} | "
           f"torch {torch.__version__} | threads {torch.get_num_threads()} | image {rgb.shape[1]}x{rgb.shape[0]} | "
           f"vocabulary {len(segmenter.vocabulary)} classes ({segmenter.template_set})")
     per_stage = benchmark_frames(segmenter, rgb, args.iterations, args.warmup)

@@ -54,9 +54,30 @@ def sample_image(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
 
 
+def add_config_overrides(parser: argparse.ArgumentParser) -> None:
+    """`--precision` and `--set key=value` (shared by every CLI that builds a Segmenter)."""
+    parser.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                        help="override the config's precision (half precision on a CPU runs fp32 unless "
+                             "--set precision_fallback=false)")
+    parser.add_argument("--set", dest="set_items", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config setting, dotted keys, YAML values; repeatable "
+                             "(e.g. --set generator.input_short_side=800 --set ensemble_alpha=0.9)")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The overrides `--set` and `--precision` ask for (`--precision` wins over a `--set precision=`)."""
+    from ovs_ros.segmenter_config import parse_set_overrides
+
+    overrides = parse_set_overrides(getattr(args, "set_items", None))
+    if getattr(args, "precision", None):
+        overrides["precision"] = args.precision
+    return overrides
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="segmenter config: a YAML path or a name in config/segmenter/")
     parser.add_argument("--device", default=None, help="override the config's device (cpu, cuda, auto)")
+    add_config_overrides(parser)
     parser.add_argument("--vocab", default=None, help='classes, e.g. "person,dog,grass" or "person,man;dog"')
     parser.add_argument("--vocab-file", default=None, help="vocabulary YAML (or a name in config/vocabularies/)")
     parser.add_argument("--templates", default=None, choices=["t1", "t14", "t80"])
@@ -66,7 +87,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _build_segmenter(args: argparse.Namespace):
     from ovs_ros.segmenter import Segmenter
 
-    overrides = {}
+    overrides = config_overrides(args)
     if args.device:
         overrides["device"] = args.device
     if args.vocab_file:
@@ -180,13 +201,20 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--classifier-hw", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="CLIP input size; default the config's classifier.fixed_hw")
     parser.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo", "auto"])
+    add_config_overrides(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     from ovs_ros.engines import export_engines
+    from ovs_ros.segmenter_config import load_segmenter_config
 
     try:
-        sidecar = export_engines(args.config, args.out_dir, opset=args.opset, generator_hw=args.generator_hw,
+        overrides = config_overrides(args)
+        if overrides.get("precision", "fp32") != "fp32":
+            raise ValueError(f"ovs-export writes fp32 ONNX graphs; --precision {overrides['precision']} is not "
+                             "supported here (build fp16 TensorRT engines from them with trtexec --fp16)")
+        config = load_segmenter_config(args.config, overrides)
+        sidecar = export_engines(config, args.out_dir, opset=args.opset, generator_hw=args.generator_hw,
                                  classifier_hw=args.classifier_hw, exporter=args.exporter)
     except (FileNotFoundError, ValueError) as exc:
         LOG.error("%s", exc)

@@ -24,6 +24,7 @@ class LoadedModels:
     template_set: Optional[str]  # set when PSM weights are loaded: the templates they were trained with
     uses_pretrained_weights: bool
     device: torch.device
+    dtype: torch.dtype = torch.float32  # the precision the models run in (config precision resolved for the device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,9 +123,9 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
                          f"({sorted(loaders)})")
     loaders[fmt](classifier, psm, checkpoint)
     if settings.pretrained is None:
-        LOG.warning("classifier checkpoint %s holds only the fine-tuned tensors, and no base CLIP weights are "
-                    "configured (classifier.pretrained, or the card's base_clip_pretrained): the rest is random",
-                    checkpoint)
+        LOG.warning("classifier checkpoint %s holds the fine-tuned visual tower, mask scale and PSM, but no base CLIP "
+                    "weights are configured (classifier.pretrained, or the card's base_clip_pretrained): the text "
+                    "tower and CLIP's logit scale are random", checkpoint)
     return classifier, psm, templates, settings.pretrained is not None
 
 
@@ -158,20 +159,33 @@ def _num_templates(template_set: Optional[str]) -> Optional[int]:
     return len(TEMPLATES[template_set]) if template_set else None
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def keep_fp32_islands(module: nn.Module) -> nn.Module:
+    """Cast back to fp32 every submodule that says it must run there (`runs_in_fp32 = True`, e.g. Mask2Former's
+    deformable pixel decoder, which the reference runs with autocast off); it casts its inputs and outputs itself."""
+    for sub in module.modules():
+        if getattr(sub, "runs_in_fp32", False):
+            sub.float()
+    return module
+
+
 def build_models(config: SegmenterConfig) -> LoadedModels:
     device = resolve_device(config.device)
-    if config.precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device; use fp32 on the CPU")
+    from ovs_ros.segmenter_config import resolve_precision
+
+    precision = resolve_precision(config.precision, device.type, fallback=config.precision_fallback)
     weights_dir = Path(config.weights_dir).expanduser() if config.weights_dir else None
     generator, generator_real = build_generator(config.generator, weights_dir)
     classifier, psm, template_set, classifier_real = build_classifier(config.classifier, weights_dir)
-    dtype = torch.float16 if config.precision == "fp16" else torch.float32
-    generator = generator.to(device=device, dtype=dtype).eval()
-    classifier = classifier.to(device=device, dtype=dtype).eval()
+    dtype = DTYPES[precision]
+    generator = keep_fp32_islands(generator.to(device=device, dtype=dtype)).eval()
+    classifier = keep_fp32_islands(classifier.to(device=device, dtype=dtype)).eval()
     psm = psm.to(device=device).eval()  # similarity runs in fp32: a [Q, S, T] cosine is tiny and precision-sensitive
     LOG.info(
         "models ready on %s (%s): generator %s (%s weights), classifier %s (%s weights), psm %s",
-        device, config.precision, config.generator.architecture, "real" if generator_real else "random",
+        device, precision, config.generator.architecture, "real" if generator_real else "random",
         config.classifier.model_name, "real" if classifier_real else "random", type(psm).__name__,
     )
     return LoadedModels(
@@ -181,4 +195,5 @@ def build_models(config: SegmenterConfig) -> LoadedModels:
         template_set=template_set,
         uses_pretrained_weights=generator_real and classifier_real,
         device=device,
+        dtype=dtype,
     )

@@ -93,7 +93,7 @@ class Segmenter:
         self.config = config
         self.models = models
         self.device = models.device
-        self.dtype = torch.float16 if config.precision == "fp16" else torch.float32
+        self.dtype = models.dtype  # the config precision as resolved for the device (model_factory)
         self.generator = models.generator
         self.classifier = models.classifier
         self.psm = models.psm
@@ -305,7 +305,7 @@ class Segmenter:
         """Facts for logs and diagnostics."""
         return {
             "device": str(self.device),
-            "precision": self.config.precision,
+            "precision": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32"),
             "backend": self.backend,
             "generator": self.config.generator.architecture,
             "classifier": self.config.classifier.model_name,

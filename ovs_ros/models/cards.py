@@ -40,16 +40,43 @@ class ModelCard:
     format: str  # "hf_safetensors" | "detectron2_pkl" | "maskclippp_pth" | "ovs_safetensors" (ovs_training export)
     hf_hub_id: Optional[str] = None  # e.g. "facebook/mask2former-swin-tiny-coco-panoptic"
     hf_filename: Optional[str] = None  # file inside the hub repo, e.g. "model.safetensors"
-    url: Optional[str] = None  # direct download URL, where one exists
-    google_drive_id: Optional[str] = None  # Drive file id (cannot always be fetched by a plain GET)
+    url: Optional[str] = None  # where the original file is published (informational; `ovs-weights` uses hub / Drive)
+    google_drive_id: Optional[str] = None  # Drive file id (fetched with gdown)
     sha256: Optional[str] = None  # recorded when a user first verifies the file
     base_clip_pretrained: Optional[str] = None  # classifier cards: open_clip tag of the base weights
     template_set: Optional[str] = None  # classifier cards with PSM weights: the templates the PSM was trained with
     psm: Optional[str] = None  # "linear" | "pseudo_text" | "identity"
-    input_short_side: Optional[int] = None  # the branch input size the published numbers use
-    ensemble_alpha: Optional[float] = None  # corrections.md item 9
+    # Evaluation settings the published numbers were made with (issue 9: settings travel with the checkpoint).
+    input_short_side: Optional[int] = None  # the branch input size (generator image, or CLIP image)
+    max_long_side: Optional[int] = None  # generator cards: cap on the long side of the generator image
+    ensemble_on: Optional[bool] = None  # classifier cards: MaskCLIP++'s TEST.ENSEMBLE_ON (default off)
+    ensemble_alpha: Optional[float] = None  # exponent on CLIP for seen classes (corrections.md item 9)
+    ensemble_beta: Optional[float] = None  # ... for unseen classes
+    object_mask_threshold: Optional[float] = None  # generator cards: merge thresholds as MaskCLIP++ pairs them
+    overlap_threshold: Optional[float] = None
+    text_tower_tuned: bool = False  # the file also holds a fine-tuned text tower (`_wtext` models)
+    loadable: bool = True  # false: a card for a file this project cannot load yet (the reason says why)
+    not_loadable_reason: str = ""
     notes: str = ""
     published: dict = field(default_factory=dict)  # numbers from weights.md, e.g. {"ade150_miou": 33.8}
+
+    def __post_init__(self) -> None:
+        if self.role not in ("generator", "classifier"):
+            raise ValueError(f"model card {self.name!r}: role must be generator or classifier, got {self.role!r}")
+        if self.ensemble_on is False:
+            for name in ("ensemble_alpha", "ensemble_beta"):
+                value = getattr(self, name)
+                if value is not None and float(value) != 1.0:
+                    raise ValueError(f"model card {self.name!r}: ensemble_on is false, so {name} must be 1.0 "
+                                     f"(CLIP only), got {value}")
+        if not self.loadable and not self.not_loadable_reason:
+            raise ValueError(f"model card {self.name!r}: loadable is false, so not_loadable_reason must say why")
+
+    def evaluation_alpha_beta(self) -> "tuple[Optional[float], Optional[float]]":
+        """(alpha, beta) of the card's evaluation: (1, 1) with the ensemble off, the card's values with it on."""
+        if self.ensemble_on is False:
+            return 1.0, 1.0
+        return self.ensemble_alpha, self.ensemble_beta
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "ModelCard":
@@ -58,14 +85,12 @@ class ModelCard:
     def how_to_get(self, destination: Path) -> str:
         sources = []
         if self.hf_hub_id:
-            command = f"huggingface-cli download {self.hf_hub_id} {self.hf_filename or ''}".strip()
-            sources.append(f"Hugging Face hub: `{command}`")
-        if self.url:
-            sources.append(f"URL: {self.url}")
+            sources.append(f"the Hugging Face hub ({self.hf_hub_id})")
         if self.google_drive_id:
-            sources.append(f"Google Drive file id {self.google_drive_id} (https://drive.google.com/file/d/{self.google_drive_id})")
-        where = "; ".join(sources) or "no public source recorded"
-        return f"download it from {where} and save it as {destination}"
+            sources.append(f"Google Drive (https://drive.google.com/file/d/{self.google_drive_id})")
+        where = " or ".join(sources) or "no public source recorded"
+        return (f"run `ovs-weights download {self.name}`, which fetches it from {where} and saves it as {destination} "
+                f"(`ovs-weights list` shows every card and where its file goes)")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -77,41 +102,36 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def resolve_weights(card: ModelCard, weights_dir: Optional[Path] = None, *, allow_download: bool = True) -> Path:
-    """Path to the card's weights file: from disk, else from the hub; checked against the card's sha256."""
+    """Path to the card's weights file: from disk, else from the hub (hub cards only, when online); checked against
+    the card's sha256, else the hash `ovs-weights` recorded at the first download."""
+    from ovs_ros.weights import WeightsDownloadError, download, expected_sha256
+
     weights_dir = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
     destination = weights_dir / card.filename
-    if not destination.is_file() and allow_download and card.hf_hub_id:
-        destination = _download_from_hub(card, weights_dir) or destination
+    if not card.loadable:
+        raise WeightsNotFoundError(f"model card '{card.name}' cannot be loaded by this version: "
+                                   f"{card.not_loadable_reason}")
+    if not destination.is_file() and allow_download and card.hf_hub_id and os.environ.get("HF_HUB_OFFLINE") != "1":
+        try:
+            download(card, weights_dir, fetch_base=None)
+        except (WeightsDownloadError, OSError, ImportError) as exc:
+            LOG.warning("could not fetch %s from the hub (%s)", card.hf_hub_id, exc.__class__.__name__)
+        except Exception as exc:  # huggingface_hub's own errors (offline, missing repo, auth) end in the error below
+            LOG.warning("could not fetch %s from the hub (%s: %s)", card.hf_hub_id, exc.__class__.__name__, exc)
     if not destination.is_file():
         raise WeightsNotFoundError(
             f"weights for model card '{card.name}' not found: {destination} is missing. To fix: "
-            f"{card.how_to_get(weights_dir / card.filename)} (or set OVS_ROS_WEIGHTS to the folder holding it)."
+            f"{card.how_to_get(destination)}; or set OVS_ROS_WEIGHTS to the folder holding it."
         )
-    if not card.sha256:
-        LOG.info("model card '%s' records no sha256, so %s is not verified; once you trust the file, add "
-                 "`sha256: <output of sha256sum %s>` to the card", card.name, destination, destination)
+    expected, where = expected_sha256(card, weights_dir)
+    if expected is None:
+        LOG.info("model card '%s' records no sha256, so %s is not verified; `ovs-weights download %s` records the "
+                 "hash of a download it makes", card.name, destination, card.name)
     else:
         actual = sha256_of(destination)
-        if actual != card.sha256.lower():
+        if actual != expected:
             raise ChecksumMismatchError(
-                f"{destination}: sha256 {actual} does not match model card '{card.name}' ({card.sha256}); "
-                "the file is corrupt or a different release: delete it and download again"
+                f"{destination}: sha256 {actual} does not match {where} ({expected}); "
+                f"the file is corrupt or a different release: run `ovs-weights download {card.name} --force`"
             )
-    return destination
-
-
-def _download_from_hub(card: ModelCard, weights_dir: Path) -> Optional[Path]:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - huggingface_hub is a runtime dependency
-        return None
-    try:
-        cached = hf_hub_download(repo_id=card.hf_hub_id, filename=card.hf_filename or card.filename)
-    except Exception as exc:  # offline, missing repo, auth: all end in the same actionable error
-        LOG.warning("could not fetch %s from the hub (%s)", card.hf_hub_id, exc.__class__.__name__)
-        return None
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    destination = weights_dir / card.filename
-    if not destination.exists():
-        os.symlink(cached, destination)
     return destination

@@ -5,6 +5,11 @@ Deformable attention is written with `torch.nn.functional.grid_sample` (bilinear
 and ONNX (`GridSample`, opset >= 16) / TensorRT >= 8.5 can take it. Parameter names follow detectron2
 (`input_proj`, `transformer.level_embed`, `transformer.encoder.layers.{i}`, `adapter_1`, `layer_1`,
 `mask_features`). No padding masks: every input is a full, fixed-size padded image, so all valid ratios are 1.
+
+Precision: the reference runs this whole decoder in fp32 under fp16 training and inference (`@autocast(enabled=False)`
+and `.float()` on its inputs, "deformable detr does not support half precision"). So `runs_in_fp32` asks the model
+factory to keep its weights fp32 when the rest of the generator is cast to fp16 / bf16 (`keep_fp32_islands`), and
+`forward` runs with autocast off in its own weights' dtype and returns its maps in the dtype it was given.
 """
 from __future__ import annotations
 
@@ -173,6 +178,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     """Backbone maps (strides 4..32) -> deformable encoder on the coarsest `num_feature_levels` maps -> FPN down to
     `common_stride` -> 1x1 conv to the mask features."""
 
+    runs_in_fp32 = True  # see the module docstring: kept fp32 under half precision, as the reference
+
     def __init__(self, config: Mask2FormerConfig):
         super().__init__()
         dim, groups = config.pixel_decoder_dim, config.norm_groups
@@ -198,7 +205,18 @@ class MSDeformAttnPixelDecoder(nn.Module):
             self.add_module(f"layer_{idx + 1}", ConvNorm(dim, dim, 3, groups_norm=groups, relu=True))
 
     def forward(self, feature_maps: tuple[Tensor, ...]) -> PixelDecoderOutput:
-        """feature_maps: backbone outputs, strides 4, 8, 16, 32 (fine to coarse)."""
+        """feature_maps: backbone outputs, strides 4, 8, 16, 32 (fine to coarse). Runs in this module's own dtype
+        (fp32 unless cast on purpose) with autocast off; the outputs come back in the dtype of `feature_maps`."""
+        out_dtype = feature_maps[0].dtype
+        own_dtype = self.mask_features.weight.dtype
+        with torch.autocast(device_type=feature_maps[0].device.type, enabled=False):
+            out = self._forward(tuple(x.to(own_dtype) for x in feature_maps))
+        return PixelDecoderOutput(
+            mask_features=out.mask_features.to(out_dtype),
+            multi_scale_features=tuple(x.to(out_dtype) for x in out.multi_scale_features),
+        )
+
+    def _forward(self, feature_maps: tuple[Tensor, ...]) -> PixelDecoderOutput:
         encoder_inputs = feature_maps[::-1][: self.num_feature_levels]  # coarse to fine
         b = encoder_inputs[0].shape[0]
         srcs, pos_flat, spatial_shapes = [], [], []
