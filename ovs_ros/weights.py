@@ -211,10 +211,11 @@ def fetch_open_clip_base(architecture: str, tag: str, progress: bool = True) -> 
     return download_pretrained(cfg) or None  # open_clip shows its own progress bar (hub / tqdm)
 
 
-def download(card: ModelCard, weights_dir: Optional[Path] = None, *, fetch: Fetcher = fetch_from_sources,
-             fetch_base: Optional[BaseFetcher] = fetch_open_clip_base, force: bool = False,
+def download(card: ModelCard, weights_dir: Optional[Path] = None, *, fetch: Optional[Fetcher] = None,
+             fetch_base: Optional[BaseFetcher] = None, with_base: bool = True, force: bool = False,
              progress: bool = True) -> Path:
-    """Fetch the card's file to its path (and a classifier card's base CLIP weights); returns the path.
+    """Fetch the card's file to its path (and, `with_base`, a classifier card's base CLIP weights); returns the path.
+    `fetch` / `fetch_base` default to `fetch_from_sources` / `fetch_open_clip_base` (tests inject fakes).
 
     A file already there is kept when it matches its hash (or nothing records one); a mismatching one is refused
     unless `force`. The new file is hashed before it is renamed into place: a mismatch with the card's sha256 (or
@@ -234,7 +235,7 @@ def download(card: ModelCard, weights_dir: Optional[Path] = None, *, fetch: Fetc
         os.close(fd)
         partial = Path(tmp)
         try:
-            fetch(card, partial, progress)
+            (fetch or fetch_from_sources)(card, partial, progress)
             if not partial.is_file() or partial.stat().st_size == 0:
                 raise WeightsDownloadError(f"{card.name}: the download produced no data")
             actual = sha256_of(partial)
@@ -249,8 +250,8 @@ def download(card: ModelCard, weights_dir: Optional[Path] = None, *, fetch: Fetc
             record_sha256(weights_dir, card, actual, _source_of(card))
             LOG.info("%s: sha256 %s recorded in %s", card.name, actual, weights_dir / LOCK_NAME)
         LOG.info("%s: saved as %s", card.name, destination)
-    if card.role == "classifier" and card.base_clip_pretrained and fetch_base is not None:
-        where = fetch_base(card.architecture, card.base_clip_pretrained, progress)
+    if with_base and card.role == "classifier" and card.base_clip_pretrained:
+        where = (fetch_base or fetch_open_clip_base)(card.architecture, card.base_clip_pretrained, progress)
         LOG.info("%s: base CLIP %s/%s ready%s", card.name, card.architecture, card.base_clip_pretrained,
                  f" ({where})" if where else "")
     return destination

@@ -51,8 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         for card in cards:
             try:
-                kwargs = {"fetch_base": None} if args.no_base else {}
-                path = download(card, args.weights_dir, force=args.force, **kwargs)
+                path = download(card, args.weights_dir, force=args.force, with_base=not args.no_base)
             except (WeightsDownloadError, ChecksumMismatchError, OSError) as exc:
                 LOG.error("%s: %s", card.name, exc)
                 failed += 1

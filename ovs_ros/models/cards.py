@@ -113,7 +113,7 @@ def resolve_weights(card: ModelCard, weights_dir: Optional[Path] = None, *, allo
                                    f"{card.not_loadable_reason}")
     if not destination.is_file() and allow_download and card.hf_hub_id and os.environ.get("HF_HUB_OFFLINE") != "1":
         try:
-            download(card, weights_dir, fetch_base=None)
+            download(card, weights_dir, with_base=False)
         except (WeightsDownloadError, OSError, ImportError) as exc:
             LOG.warning("could not fetch %s from the hub (%s)", card.hf_hub_id, exc.__class__.__name__)
         except Exception as exc:  # huggingface_hub's own errors (offline, missing repo, auth) end in the error below
