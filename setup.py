@@ -85,6 +85,7 @@ setup(
             "ovs-benchmark = ovs_ros.benchmark:main",
             "ovs-export = ovs_ros.cli:export_main",
             "ovs-weights = ovs_ros.weights_cli:main",
+            "ovs-eval = ovs_ros.eval_cli:main",
         ],
     },
 )
