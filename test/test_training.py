@@ -263,45 +263,87 @@ def _blocky_panoptic(rng, h, w, cats, n_rect):
     return out
 
 
-def test_pq_matches_torchmetrics():
-    tm = pytest.importorskip("torchmetrics.detection")
+def _segments_by_loop(panoptic, index_of, stuffs):
+    """Independent conversion for the test: one segment per (thing category, instance), one per stuff category."""
+    from ovs_ros.evaluation import PanopticSegment
+
+    ids = np.zeros(panoptic.shape[:2], dtype=np.int64)
+    segments, key_to_id = [], {}
+    for y in range(panoptic.shape[0]):
+        for x in range(panoptic.shape[1]):
+            c, n = int(panoptic[y, x, 0]), int(panoptic[y, x, 1])
+            if c not in index_of:
+                continue
+            key = (c, 0 if c in stuffs else n)
+            if key not in key_to_id:
+                key_to_id[key] = len(key_to_id) + 1
+                segments.append(PanopticSegment(key_to_id[key], index_of[c]))
+            ids[y, x] = key_to_id[key]
+    return ids, segments
+
+
+def test_pq_is_the_reference_pq_of_ovs_ros_evaluation():
+    """The training evaluator adds `ovs_ros.evaluation.pq_image_stats` (panopticapi rules, tested against a port of
+    `pq_compute_single_core` in test_eval_metrics.py) over [H, W, 2] maps; predicted void pixels are allowed."""
+    from ovs_ros.evaluation import PQStats, pq_image_stats, pq_summary
+
     things, stuffs = [1, 2, 3], [4, 5]
+    index_of = {c: i for i, c in enumerate(things + stuffs)}
     rng = np.random.default_rng(0)
     ours = PanopticEvaluator(things, stuffs)
-    ref = tm.PanopticQuality(things=set(things), stuffs=set(stuffs), return_sq_and_rq=True,
-                             allow_unknown_preds_category=True)
+    expected = PQStats(5)
     for _ in range(6):
         target = _blocky_panoptic(rng, 24, 32, [0, 1, 2, 3, 4, 5], 5)  # 0 = void
         pred = target.copy()
         noise = rng.random((24, 32)) < 0.15
-        pred[noise, 0] = rng.choice([1, 2, 3, 4, 5], size=int(noise.sum()))  # predictions have no void pixels
-        pred[pred[..., 0] == 0, 0] = 4
+        pred[noise, 0] = rng.choice([0, 1, 2, 3, 4, 5], size=int(noise.sum()))  # including predicted void
         if rng.random() < 0.5:
             pred[:12, :16] = _blocky_panoptic(rng, 12, 16, [1, 2, 3, 4, 5], 2)
         ours.update(torch.from_numpy(pred), torch.from_numpy(target))
-        ref.update(torch.from_numpy(pred)[None], torch.from_numpy(target)[None])
-    got = ours.compute()
-    pq, sq, rq = ref.compute().tolist()
-    assert (got["PQ"], got["SQ"], got["RQ"]) == pytest.approx((pq, sq, rq), abs=1e-6)
-    assert 0.0 < got["PQ"] < 1.0
+        gt_ids, gt_segs = _segments_by_loop(target, index_of, stuffs)
+        pred_ids, pred_segs = _segments_by_loop(pred, index_of, stuffs)
+        expected += pq_image_stats(gt_ids, gt_segs, pred_ids, pred_segs, 5)
+    assert ours.stats == expected
+    got, want = ours.compute(), pq_summary(expected, [True, True, True, False, False])
+    assert (got["PQ"], got["PQ_th"], got["PQ_st"]) == (want["PQ"], want["PQ_th"], want["PQ_st"])
+    assert 0.0 < got["PQ"] < 100.0
 
 
-def test_miou_matches_torchmetrics():
-    tm = pytest.importorskip("torchmetrics.classification")
+def test_pq_handles_crowd_as_panopticapi():
+    """A person prediction bleeding 60 px into a person crowd region (the review's case): 81.25, not 100."""
+    target = np.zeros((20, 20, 2), dtype=np.int64)
+    target[..., 0] = 4  # sky
+    target[0:10, 0:10] = (1, 1)
+    target[10:20, 0:10] = (1, 0)
+    crowd = np.zeros((20, 20), dtype=bool)
+    crowd[10:20, 0:10] = True
+    pred = target.copy()
+    pred[0:16, 0:10] = (1, 1)
+    pred[16:20, 0:10] = (1, 2)
+    ours = PanopticEvaluator([1], [4])
+    ours.update(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(crowd))
+    assert ours.compute()["PQ"] == pytest.approx(81.25)
+
+
+def test_miou_averages_over_gt_classes_as_maskclippp():
     rng = np.random.default_rng(1)
     k = 6
     ours = SemanticEvaluator(k, ignore_index=255)
-    ref = tm.MulticlassJaccardIndex(num_classes=k, average="macro", ignore_index=255)
+    confusion = np.zeros((k, k), dtype=np.int64)
     for _ in range(4):
         target = torch.from_numpy(rng.integers(0, k - 1, size=(2, 16, 16)))  # class 5 never in the GT
         target[:, :3] = 255
         pred = torch.where(torch.from_numpy(rng.random((2, 16, 16)) < 0.6), target.clamp_max(k - 1),
-                           torch.from_numpy(rng.integers(0, k - 2, size=(2, 16, 16))))  # class 5 never predicted
-        pred[pred == 255] = 0
+                           torch.from_numpy(rng.integers(0, k, size=(2, 16, 16))))  # class 5 sometimes predicted
         ours.update(pred, target)
-        ref.update(pred, target)
+        keep = target != 255
+        np.add.at(confusion, (target[keep].numpy(), pred[keep].numpy()), 1)
     got = ours.compute()
-    assert got["mIoU"] == pytest.approx(float(ref.compute()), abs=1e-6)
+    tp = np.diag(confusion).astype(float)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    assert confusion[:, 5].sum() > 0  # class 5 is predicted: averaging over GT or prediction would count its 0
+    assert got["mIoU"] == pytest.approx(100 * np.mean(tp[:5] / union[:5]))
+    assert got["pACC"] == pytest.approx(100 * tp.sum() / confusion.sum())
     assert math.isnan(float(got["per_class_iou"][5]))
 
 
