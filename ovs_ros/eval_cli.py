@@ -33,13 +33,15 @@ LOG = logging.getLogger("ovs_ros.eval")
 PUBLISHED_PREFIX = {
     "ade20k_150_panoptic": "ade150",
     "ade20k_150": "ade150",
-    "ade20k_847": "ade847",
+    "ade20k_847": "a847",
     "coco_panoptic": "coco",
     "pascal_context_59": "pc59",
     "pascal_context_459": "pc459",
-    "pascal_voc_20": "voc20",
-    "pascal_voc_21": "voc21",
+    "pascal_voc_20": "pas20",
+    "pascal_voc_21": "pas21",
 }
+# card key suffix -> metric name (models/README.md: `published:` keys are `<benchmark>_<metric>`)
+CARD_METRICS = {"miou": "mIoU", "pq": "PQ", "sq": "SQ", "rq": "RQ", "ap": "AP"}
 PANOPTIC_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 SEMANTIC_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "mIoU(S)", "mIoU(U)")
 CACHE_DIR = "cache"
@@ -220,10 +222,9 @@ def published_numbers(config, dataset_name: str) -> dict:
             continue
         card = ModelCard.from_yaml(resolve_data_path(card_name, "models"))
         for key, value in (card.published or {}).items():
-            if not key.startswith(prefix + "_"):
+            metric = CARD_METRICS.get(key[len(prefix) + 1:]) if key.startswith(prefix + "_") else None
+            if metric is None:  # another benchmark, or a variant such as ade150_pq_maftp_l_pan
                 continue
-            metric = {"miou": "mIoU", "pq": "PQ", "sq": "SQ", "rq": "RQ", "ap": "AP", "fwiou": "fwIoU",
-                      "pacc": "pACC", "macc": "mACC"}.get(key[len(prefix) + 1:], key[len(prefix) + 1:])
             found.setdefault(metric, {"value": value, "card": card.name,
                                       "generator": (card.published or {}).get("generator")})
     return found
@@ -247,14 +248,19 @@ def markdown_table(report: dict) -> str:
     for key, value in report["metrics"].items():
         pub = published.get(key)
         ours = "n/a" if value is None else f"{value:.2f}"
-        lines.append(f"| {key} | {ours} | {'' if pub is None else pub['value']} | "
-                     f"{'' if pub is None else (pub['card'] + ' + ' + str(pub['generator']))} |")
+        lines.append(f"| {key} | {ours} | {'' if pub is None else pub['value']} | {_published_with(pub)} |")
     for key, pub in published.items():
         if key not in report["metrics"]:
-            lines.append(f"| {key} | not measured | {pub['value']} | {pub['card']} + {pub['generator']} |")
+            lines.append(f"| {key} | not measured | {pub['value']} | {_published_with(pub)} |")
     if report["errors"]:
         lines += ["", "Failed images:", ""] + [f"- {e['image_id']}: {e['error']}" for e in report["errors"][:20]]
     return "\n".join(lines) + "\n"
+
+
+def _published_with(pub: Optional[dict]) -> str:
+    if pub is None:
+        return ""
+    return pub["card"] if not pub.get("generator") else f"{pub['card']} + {pub['generator']}"
 
 
 def write_overlay(path: Path, rgb: np.ndarray, result) -> None:

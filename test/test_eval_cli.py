@@ -153,7 +153,15 @@ def test_published_numbers_come_from_the_cards():
     pub = published_numbers(config, "ade20k_150_panoptic")
     assert (pub["mIoU"]["value"], pub["PQ"]["value"], pub["AP"]["value"]) == (33.8, 24.4, 13.2)
     assert pub["PQ"]["generator"] == "fcclip_convnext_b"
+    assert set(pub) == {"mIoU", "PQ", "AP"}
     assert published_numbers(config, "pascal_context_59") == {}
+    fcclip_l = SimpleNamespace(classifier=SimpleNamespace(card=None),
+                               generator=SimpleNamespace(card="fcclip_convnext_l_coco_panoptic"))
+    assert published_numbers(fcclip_l, "ade20k_847")["mIoU"]["value"] == 14.8
+    assert published_numbers(fcclip_l, "pascal_voc_20")["mIoU"]["value"] == 95.4
+    wtext = SimpleNamespace(classifier=SimpleNamespace(card="maskclippp_eva02_l14_336_wtext_coco_stuff"),
+                            generator=SimpleNamespace(card=None))
+    assert published_numbers(wtext, "ade20k_150")["PQ"]["value"] == 27.7  # not the _maftp_l_pan variant
 
 
 def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
