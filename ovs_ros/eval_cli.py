@@ -210,23 +210,25 @@ def summarise(dataset, samples: Sequence, records: Dict[str, dict], seen: Option
 
 
 def published_numbers(config, dataset_name: str) -> dict:
-    """metric -> number from the config's model cards' `published:` maps (classifier card first), plus the
-    generator those numbers were made with."""
+    """metric -> number from the `published:` map of the config's classifier card (or, for a generator that
+    classifies by itself such as FC-CLIP alone, of its generator card), with the generator it was made with and
+    whether this config uses that generator (the MaskCLIP++ numbers are FC-CLIP's pairings, not Mask2Former's)."""
     from ovs_ros.models.cards import ModelCard
     from ovs_ros.paths import resolve_data_path
 
     prefix = PUBLISHED_PREFIX.get(dataset_name)
+    card_name = config.classifier.card or config.generator.card  # a generator card's numbers are its own, alone
+    if not card_name or prefix is None:
+        return {}
+    card = ModelCard.from_yaml(resolve_data_path(card_name, "models"))
+    published = card.published or {}
+    generator = published.get("generator")
+    same = generator is None or str(config.generator.card or "").startswith(str(generator))
     found: dict = {}
-    for card_name in (config.classifier.card, config.generator.card):
-        if not card_name or prefix is None:
-            continue
-        card = ModelCard.from_yaml(resolve_data_path(card_name, "models"))
-        for key, value in (card.published or {}).items():
-            metric = CARD_METRICS.get(key[len(prefix) + 1:]) if key.startswith(prefix + "_") else None
-            if metric is None:  # another benchmark, or a variant such as ade150_pq_maftp_l_pan
-                continue
-            found.setdefault(metric, {"value": value, "card": card.name,
-                                      "generator": (card.published or {}).get("generator")})
+    for key, value in published.items():
+        metric = CARD_METRICS.get(key[len(prefix) + 1:]) if key.startswith(prefix + "_") else None
+        if metric is not None:  # else another benchmark, or a variant such as ade150_pq_maftp_l_pan
+            found[metric] = {"value": value, "card": card.name, "generator": generator, "same_generator": bool(same)}
     return found
 
 
@@ -260,7 +262,8 @@ def markdown_table(report: dict) -> str:
 def _published_with(pub: Optional[dict]) -> str:
     if pub is None:
         return ""
-    return pub["card"] if not pub.get("generator") else f"{pub['card']} + {pub['generator']}"
+    text = pub["card"] if not pub.get("generator") else f"{pub['card']} + {pub['generator']}"
+    return text if pub.get("same_generator", True) else text + " (another generator than this run's)"
 
 
 def write_overlay(path: Path, rgb: np.ndarray, result) -> None:

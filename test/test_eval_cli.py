@@ -152,7 +152,13 @@ def test_published_numbers_come_from_the_cards():
                              generator=SimpleNamespace(card=None))
     pub = published_numbers(config, "ade20k_150_panoptic")
     assert (pub["mIoU"]["value"], pub["PQ"]["value"], pub["AP"]["value"]) == (33.8, 24.4, 13.2)
-    assert pub["PQ"]["generator"] == "fcclip_convnext_b"
+    assert pub["PQ"]["generator"] == "fcclip_convnext_b" and not pub["PQ"]["same_generator"]
+    paired = SimpleNamespace(classifier=SimpleNamespace(card="maskclippp_eva02_l14_336_coco_panoptic"),
+                             generator=SimpleNamespace(card="fcclip_convnext_l_coco_panoptic"))
+    assert published_numbers(paired, "ade20k_150")["PQ"] == {
+        "value": 27.3, "card": "maskclippp_eva02_l14_336_coco_panoptic", "generator": "fcclip_convnext_l",
+        "same_generator": True}
+    assert published_numbers(paired, "ade20k_847") == {}  # FC-CLIP-L's own A-847 number is not this pairing's
     assert set(pub) == {"mIoU", "PQ", "AP"}
     assert published_numbers(config, "pascal_context_59") == {}
     fcclip_l = SimpleNamespace(classifier=SimpleNamespace(card=None),
