@@ -197,3 +197,20 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--config", "tiny", "--dataset", "nope", "--root", str(tmp_path)])
+
+
+def test_docs_list_every_dataset_and_the_cards_numbers():
+    import re
+
+    from ovs_ros.evaluation.datasets import DATASETS
+    from ovs_ros.segmenter_config import load_segmenter_config
+
+    docs = (REPO / "docs" / "evaluation.md").read_text()
+    for name in DATASETS:
+        assert f"| `{name}` |" in docs, name
+    rows = re.findall(r"^\| `([a-z0-9_]+)`[^|]*\| [^|]+\| \(?([\d.]+)\)? \| \(?([\d.]+)\)? \| \(?([\d.]+)\)? \|", docs,
+                      re.M)
+    assert len(rows) >= 6
+    for config_name, pq, miou, ap in rows:
+        pub = published_numbers(load_segmenter_config(config_name), "ade20k_150_panoptic")
+        assert (pub["PQ"]["value"], pub["mIoU"]["value"], pub["AP"]["value"]) == (float(pq), float(miou), float(ap))
