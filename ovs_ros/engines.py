@@ -51,15 +51,30 @@ class EngineError(RuntimeError):
 
 
 class GeneratorExportWrapper(nn.Module):
-    """`pixel_values [1, 3, H, W]` -> `(mask_logits [1, Q, H/4, W/4], class_logits [1, Q, K + 1])`."""
+    """`pixel_values [1, 3, H, W]` -> the fields of the generator's output dataclass, in order: Mask2Former's
+    `(mask_logits [1, Q, H/4, W/4], class_logits [1, Q, K + 1])`; FC-CLIP's `(mask_logits, class_embeddings,
+    clip_mask_embeddings)` (its logits need the vocabulary and are taken outside the engine)."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, pixel_values: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, pixel_values: Tensor) -> Tuple[Tensor, ...]:
         out = self.generator(pixel_values)
-        return out.mask_logits, out.class_logits
+        return tuple(getattr(out, name) for name in generator_output_names(self.generator))
+
+
+def generator_output_type(generator: Any) -> type:
+    """The dataclass a generator returns: its `output_type` attribute, else Mask2Former's `GeneratorOutput`."""
+    from ovs_ros.models.mask2former.generator import GeneratorOutput
+
+    return getattr(generator, "output_type", GeneratorOutput)
+
+
+def generator_output_names(generator: Any) -> Tuple[str, ...]:
+    import dataclasses
+
+    return tuple(f.name for f in dataclasses.fields(generator_output_type(generator)))
 
 
 class ClassifierExportWrapper(nn.Module):
@@ -184,8 +199,8 @@ def export_generator_onnx(generator: nn.Module, path: Union[str, Path], input_hw
     h, w = _check_hw(input_hw, generator.size_divisibility, "generator")
     device, dtype = _module_place(generator)
     pixels = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
-    _export(GeneratorExportWrapper(generator), (pixels,), Path(path), GENERATOR_INPUTS, GENERATOR_OUTPUTS, opset,
-            exporter)
+    _export(GeneratorExportWrapper(generator), (pixels,), Path(path), GENERATOR_INPUTS,
+            generator_output_names(generator), opset, exporter)
     return Path(path)
 
 
@@ -384,6 +399,13 @@ class _OnnxRuntimeModule:
     pixel_mean_01 = property(lambda self: self.eager.pixel_mean_01)
     pixel_std_01 = property(lambda self: self.eager.pixel_std_01)
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (FC-CLIP's vocabulary side: `open_vocabulary`, `backbone` text tower, logit helpers) is the
+        eager module's; only the image path runs in the engine."""
+        if name in ("eager", "engine", "onnx_path"):  # not yet set (during __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.eager, name)
+
 
 class OnnxRuntimeGenerator(_OnnxRuntimeModule):
     """Drop-in for `Mask2FormerGenerator` at inference: `__call__(pixel_values) -> GeneratorOutput` runs the ONNX
@@ -392,11 +414,9 @@ class OnnxRuntimeGenerator(_OnnxRuntimeModule):
     class_names = property(lambda self: self.eager.class_names)
 
     def __call__(self, pixel_values: Tensor):
-        from ovs_ros.models.mask2former.generator import GeneratorOutput
-
         out = self.engine.run(pixel_values=pixel_values)
-        return GeneratorOutput(mask_logits=out["mask_logits"].to(pixel_values.dtype),
-                               class_logits=out["class_logits"].to(pixel_values.dtype))
+        names = generator_output_names(self.eager)
+        return generator_output_type(self.eager)(**{n: out[n].to(pixel_values.dtype) for n in names})
 
 
 class OnnxRuntimeClassifier(_OnnxRuntimeModule):

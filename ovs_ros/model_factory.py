@@ -52,8 +52,16 @@ def build_generator(settings: GeneratorSettings, weights_dir: Optional[Path]) ->
     )
 
     family, _, variant = settings.architecture.partition("/")
+    if family == "fcclip":  # FC-CLIP generator (ovs_ros/models/fcclip/factory.py)
+        from ovs_ros.models.fcclip.factory import build_fcclip_generator
+
+        return build_fcclip_generator(
+            variant, training_vocabulary=settings.training_vocabulary, checkpoint=settings.checkpoint,
+            random_seed=settings.random_seed,
+            card_weights=lambda: resolve_weights(load_card(settings.card), weights_dir) if settings.card else None)
     if family != "mask2former":
-        raise ValueError(f"unknown generator architecture {settings.architecture!r} (expected mask2former/<variant>)")
+        raise ValueError(f"unknown generator architecture {settings.architecture!r} (expected mask2former/<variant> "
+                         "or fcclip/<variant>)")
     if variant == "tiny":
         synonyms = load_training_synonyms(settings.training_vocabulary)
         config = dataclasses.replace(
@@ -75,6 +83,10 @@ def build_generator(settings: GeneratorSettings, weights_dir: Optional[Path]) ->
 
 def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) -> tuple:
     """-> (classifier, psm, template_set or None, loaded_real_weights)."""
+    from ovs_ros.models.fcclip.factory import OUT_OF_VOCABULARY_CLASSIFIER, FCCLIPOutOfVocabularyClassifier
+
+    if settings.model_name == OUT_OF_VOCABULARY_CLASSIFIER:  # FC-CLIP alone: its own branch, same backbone pass
+        return FCCLIPOutOfVocabularyClassifier(), nn.Identity(), None, True
     from ovs_ros.models.clip import (
         ClipClassifier,
         ClipClassifierConfig,

@@ -29,6 +29,7 @@ from ovs_ros.model_factory import LoadedModels, build_models
 from ovs_ros.postprocess import (
     build_segments,
     ensemble_class_probs,
+    identity_lut,
     masks_for_merge,
     panoptic_at_size,
     panoptic_merge,
@@ -67,6 +68,7 @@ class VocabularyState:
     lut: torch.Tensor  # [K_train + 1] long
     is_thing: torch.Tensor  # [K] bool
     labels: tuple
+    fcclip: Optional[object] = None  # FCCLIPVocabulary when the generator is FC-CLIP (its own text tower)
 
 
 class StageTimer:
@@ -120,7 +122,18 @@ class Segmenter:
             floor_sizes=True,
         )
         cache_dir = Path(config.text_cache_dir).expanduser() if config.text_cache_dir else None
-        self.text_cache = TextEmbeddingCache(
+        # FC-CLIP generator: logits over the test vocabulary from its own text tower (a second, fingerprinted cache);
+        # as the classifier (the fcclip_b profile) its out-of-vocabulary branch reuses the generator's pass.
+        self._fcclip = None
+        if getattr(self.generator, "open_vocabulary", False):
+            from ovs_ros.models.fcclip.runtime import FCCLIPRuntime
+
+            self._fcclip = FCCLIPRuntime(self.generator, cache_dir=cache_dir, device=self.device)
+        self._classifier_in_generator = bool(getattr(self.classifier, "uses_generator_pass", False))
+        if self._classifier_in_generator and self._fcclip is None:
+            raise ValueError("classifier 'fcclip' (FC-CLIP's own out-of-vocabulary branch) needs an fcclip/<variant> "
+                             f"generator, got {config.generator.architecture!r}")
+        self.text_cache = self._fcclip.text_cache if self._classifier_in_generator else TextEmbeddingCache(
             self._encode_sentences, self.classifier.text_fingerprint(), cache_dir=cache_dir, device=self.device
         )
         self._lock = threading.Lock()
@@ -178,7 +191,9 @@ class Segmenter:
             vocabulary=vocab,
             embeddings=embeddings,
             seen=torch.as_tensor(seen_classes(vocab, train_names), device=self.device),
-            lut=torch.as_tensor(train_to_test_lut(vocab, train_names), device=self.device),
+            lut=(identity_lut(len(vocab), self.device) if self._fcclip is not None
+                 else torch.as_tensor(train_to_test_lut(vocab, train_names), device=self.device)),
+            fcclip=None if self._fcclip is None else self._fcclip.prepare(vocab),
             is_thing=torch.tensor(np.array(vocab.is_thing, dtype=bool), device=self.device),
             labels=tuple(vocab.labels),
         )
@@ -230,36 +245,45 @@ class Segmenter:
             gen_in = prepare_branch(
                 image_01, self._generator_spec, self.generator.pixel_mean_01, self.generator.pixel_std_01, self.dtype
             )
-            clip_in = prepare_branch(
+            clip_in = None if self._classifier_in_generator else prepare_branch(
                 clip_source(image_01, gen_in, self._clip_spec), self._clip_spec, self.classifier.pixel_mean_01,
                 self.classifier.pixel_std_01, self.dtype
             )
         with timer.stage("generator"):
             generated = self.generator(gen_in.pixel_values)
+            # FC-CLIP: logits over the test vocabulary from its class embeddings (no train -> test look-up)
+            gen_class_logits = (generated.class_logits[0].float() if self._fcclip is None
+                                else self._fcclip.in_vocabulary_logits(generated, state.fcclip))
         with timer.stage("mask_resample"):
             mask_probs = generator_mask_probs(generated.mask_logits, gen_in)  # [1, Q, h, w] float32
-            clip_masks = masks_to_clip_frame(mask_probs, clip_in).to(self.dtype)
-        with timer.stage("classifier"):
-            embedded = self.classifier.encode_masks(clip_in.pixel_values, clip_masks)
-        with timer.stage("similarity"):
-            clip_logits = mask_class_logits(
-                embedded.mask_embeddings.float(),
-                state.embeddings.text_embeddings,
-                state.embeddings.synonym_class_index,
-                state.embeddings.num_classes,
-                self.psm,
-                self.classifier.logit_scale,
-                patch_embeddings=None if embedded.patch_embeddings is None else embedded.patch_embeddings.float(),
-            )[0]
-        with timer.stage("ensemble"):
-            class_probs = ensemble_class_probs(
-                clip_logits,
-                generated.class_logits[0].float(),
-                state.lut,
-                state.seen,
-                self.config.ensemble_alpha,
-                self.config.ensemble_beta,
-            )
+            clip_masks = None if clip_in is None else masks_to_clip_frame(mask_probs, clip_in).to(self.dtype)
+        if self._classifier_in_generator:  # FC-CLIP alone: its out-of-vocabulary branch, its own ensemble
+            with timer.stage("ensemble"):
+                class_probs = self._fcclip.ensemble(
+                    gen_class_logits, self._fcclip.out_of_vocabulary_logits(generated, state.fcclip), state.fcclip,
+                    self.config.ensemble_alpha, self.config.ensemble_beta)
+        else:
+            with timer.stage("classifier"):
+                embedded = self.classifier.encode_masks(clip_in.pixel_values, clip_masks)
+            with timer.stage("similarity"):
+                clip_logits = mask_class_logits(
+                    embedded.mask_embeddings.float(),
+                    state.embeddings.text_embeddings,
+                    state.embeddings.synonym_class_index,
+                    state.embeddings.num_classes,
+                    self.psm,
+                    self.classifier.logit_scale,
+                    patch_embeddings=None if embedded.patch_embeddings is None else embedded.patch_embeddings.float(),
+                )[0]
+            with timer.stage("ensemble"):
+                class_probs = ensemble_class_probs(
+                    clip_logits,
+                    gen_class_logits,
+                    state.lut,
+                    state.seen,
+                    self.config.ensemble_alpha,
+                    self.config.ensemble_beta,
+                )
         with timer.stage("merge"):
             merge_masks = masks_for_merge(mask_probs, (height, width))[0]
             merged = panoptic_merge(

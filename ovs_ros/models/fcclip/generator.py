@@ -45,6 +45,7 @@ class FCCLIPGenerator(nn.Module):
     """
 
     open_vocabulary = True  # class logits come over the test vocabulary (no train -> test look-up table)
+    output_type = FCCLIPOutput  # what forward returns (engines export its fields in order)
     pixel_mean_01 = tuple(v / 255.0 for v in PIXEL_MEAN_255)
     pixel_std_01 = tuple(v / 255.0 for v in PIXEL_STD_255)
 

@@ -171,7 +171,9 @@ def reference_points(spatial_shapes: list[tuple[int, int]], *, device: torch.dev
         ref_x = torch.linspace(0.5, width - 0.5, width, device=device, dtype=dtype) / width
         grid_y, grid_x = torch.meshgrid(ref_y, ref_x, indexing="ij")
         points.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), -1))
-    return torch.cat(points, 0)[None]
+    # `.to(dtype)`: a no-op in eager mode; when the traced level sizes are tensors (a ConvNeXt backbone's conv
+    # outputs, FC-CLIP), the ONNX exporter's linspace yields double, which onnxruntime's GridSample refuses.
+    return torch.cat(points, 0)[None].to(dtype)
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
