@@ -35,6 +35,8 @@ PUBLISHED_PREFIX = {
     "ade20k_150": "ade150",
     "ade20k_847": "a847",
     "coco_panoptic": "coco",
+    "cityscapes_panoptic": "cityscapes",
+    "mapillary_vistas_panoptic": "mapillary",
     "pascal_context_59": "pc59",
     "pascal_context_459": "pc459",
     "pascal_voc_20": "pas20",

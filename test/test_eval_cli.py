@@ -67,8 +67,9 @@ class OracleSegmenter:
         for sample in dataset.samples:
             rgb = sample.load_image()
             shift_here = shift if shifted is None or sample.image_id in shifted else 0
-            sem = sample.load_semantic()
-            ids = sample.load_panoptic() if dataset.has_panoptic else np.zeros(sem.shape, np.int64)
+            ids = sample.load_panoptic() if dataset.has_panoptic else None
+            sem = sample.load_semantic() if dataset.has_semantic else np.zeros(ids.shape, np.int64)
+            ids = np.zeros(sem.shape, np.int64) if ids is None else ids
             segments, panoptic = [], np.zeros(ids.shape, np.int32)
             for n, seg in enumerate(sample.segments or (), start=1):
                 panoptic[ids == seg.id] = n
@@ -93,7 +94,8 @@ def oracle(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("name", ["ade20k_150_panoptic", "coco_panoptic", "pascal_voc_20"])
+@pytest.mark.parametrize("name", ["ade20k_150_panoptic", "coco_panoptic", "pascal_voc_20", "cityscapes_panoptic",
+                                  "mapillary_vistas_panoptic"])
 def test_ground_truth_scores_100_and_shifted_classes_score_0(name, tmp_path, oracle):
     write_layout(name, tmp_path / "data", num_images=3)
     dataset = load_dataset(name, tmp_path / "data")
@@ -102,14 +104,15 @@ def test_ground_truth_scores_100_and_shifted_classes_score_0(name, tmp_path, ora
     oracle(dataset)
     assert _run(tmp_path, name, tmp_path / "perfect") == 0
     metrics = _report(tmp_path / "perfect")["metrics"]
-    expected = ["mIoU", "pACC", "mACC", "fwIoU"]
+    expected = ["mIoU", "pACC", "mACC", "fwIoU"] if dataset.has_semantic else []
     expected += ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"] if dataset.has_panoptic else []
+    assert set(expected) <= set(metrics) and ("mIoU" in metrics) == dataset.has_semantic
     for key in expected:
         assert metrics[key] == pytest.approx(100.0), key
     oracle(dataset, shift=1)
     assert _run(tmp_path, name, tmp_path / "shifted") == 0
     metrics = _report(tmp_path / "shifted")["metrics"]
-    for key in ["mIoU", "pACC"] + (["PQ"] if dataset.has_panoptic else []):
+    for key in (["mIoU", "pACC"] if dataset.has_semantic else []) + (["PQ"] if dataset.has_panoptic else []):
         assert metrics[key] == 0.0, key
 
 
@@ -165,6 +168,8 @@ def test_published_numbers_come_from_the_cards():
                                generator=SimpleNamespace(card="fcclip_convnext_l_coco_panoptic"))
     assert published_numbers(fcclip_l, "ade20k_847")["mIoU"]["value"] == 14.8
     assert published_numbers(fcclip_l, "pascal_voc_20")["mIoU"]["value"] == 95.4
+    assert published_numbers(fcclip_l, "cityscapes_panoptic")["PQ"]["value"] == 44.0
+    assert published_numbers(fcclip_l, "mapillary_vistas_panoptic")["PQ"]["value"] == 18.3
     wtext = SimpleNamespace(classifier=SimpleNamespace(card="maskclippp_eva02_l14_336_wtext_coco_stuff"),
                             generator=SimpleNamespace(card=None))
     assert published_numbers(wtext, "ade20k_150")["PQ"]["value"] == 27.7  # not the _maftp_l_pan variant

@@ -22,7 +22,7 @@ def _write_image(path: Path, rng) -> None:
 
 
 def write_panoptic_split(image_dir, pan_dir, json_path, sem_dir, vocabulary, *, num_images=3, seed=0,
-                         crowd=False, id_of=None):
+                         crowd=False, id_of=None, sem_void=255, image_name=None, label_name=None):
     """COCO-format panoptic PNGs + json (+ semantic PNGs made as prepare_coco_semantic_annos_from_panoptic_annos:
     every segment, crowd included, as its class index; unlabeled 255). Returns the per-image class-index maps."""
     rng = np.random.default_rng(seed)
@@ -35,9 +35,10 @@ def write_panoptic_split(image_dir, pan_dir, json_path, sem_dir, vocabulary, *, 
     stuffs = np.nonzero(vocabulary.is_stuff)[0]
     for n in range(num_images):
         stem = f"img_{n:04d}"
-        _write_image(image_dir / f"{stem}.jpg", rng)
+        label_file = f"{stem}.png" if label_name is None else label_name(stem)
+        _write_image(image_dir / (f"{stem}.jpg" if image_name is None else image_name(stem)), rng)
         ids = np.zeros((H, W), dtype=np.int64)
-        sem = np.full((H, W), 255, dtype=np.uint8)
+        sem = np.full((H, W), sem_void, dtype=np.uint8)
         segments = []
         next_id = 1000 + n * 7  # ids need not be small (COCO ids are rgb2id of a colour)
         for j, cls in enumerate(list(rng.choice(stuffs, 2, replace=False)) + list(rng.choice(things, 3))):
@@ -51,15 +52,15 @@ def write_panoptic_split(image_dir, pan_dir, json_path, sem_dir, vocabulary, *, 
                              "iscrowd": int(crowd and j == 4), "bbox": [0, 0, 1, 1]})
             next_id += 1
         ids[rng.random((H, W)) < 0.05] = 0  # unlabeled pixels
-        sem[ids == 0] = 255
+        sem[ids == 0] = sem_void
         present = set(np.unique(ids).tolist())
         segments = [dict(s, area=int((ids == s["id"]).sum())) for s in segments if s["id"] in present]
-        Image.fromarray(id2rgb(ids)).save(pan_dir / f"{stem}.png")
+        Image.fromarray(id2rgb(ids)).save(pan_dir / label_file)
         if sem_dir is not None:
-            Image.fromarray(sem).save(sem_dir / f"{stem}.png")
-        annotations.append({"image_id": stem, "file_name": f"{stem}.png", "segments_info": segments})
+            Image.fromarray(sem).save(sem_dir / label_file)
+        annotations.append({"image_id": stem, "file_name": label_file, "segments_info": segments})
         images.append({"id": stem, "file_name": f"{stem}.jpg", "width": W, "height": H})
-        semantic_maps.append(np.where(ids == 0, 255, sem).astype(np.int64))
+        semantic_maps.append(np.where(ids == 0, sem_void, sem).astype(np.int64))
     categories = [{"id": int(id_of(i)), "name": e.label, "isthing": int(e.is_thing)} for i, e in enumerate(vocabulary)]
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -97,6 +98,20 @@ def write_layout(name, root, *, num_images=3, seed=0, vocabulary=None):
         maps = write_panoptic_split(base / "val2017", base / "panoptic_val2017",
                                     base / "annotations/panoptic_val2017.json", base / "panoptic_semseg_val2017",
                                     vocab, num_images=num_images, seed=seed, crowd=True)
+        return vocab, maps
+    if name == "cityscapes_panoptic":
+        vocab = load_vocabulary(vocabulary, "cityscapes")
+        base = root / "cityscapes"
+        maps = write_panoptic_split(base / "leftImg8bit/val", base / "gtFine/cityscapes_panoptic_val",
+                                    base / "gtFine/cityscapes_panoptic_val.json", None, vocab, num_images=num_images,
+                                    seed=seed, crowd=True, image_name=lambda stem: f"frankfurt/{stem}_leftImg8bit.png",
+                                    label_name=lambda stem: f"{stem}_gtFine_panoptic.png")
+        return vocab, maps
+    if name == "mapillary_vistas_panoptic":
+        vocab = load_vocabulary(vocabulary, "mapillary_vistas")
+        base = root / "mapillary_vistas/validation"
+        maps = write_panoptic_split(base / "images", base / "panoptic", base / "panoptic_2018.json", base / "labels",
+                                    vocab, num_images=num_images, seed=seed, sem_void=65)
         return vocab, maps
     spec = {
         "ade20k_150": ("ADEChallengeData2016/images/validation",
@@ -147,8 +162,25 @@ def test_reader_reads_its_layout(name, tmp_path):
             for seg in sample.segments:  # panoptic class index agrees with the semantic label of its pixels
                 assert seg.area == int((ids == seg.id).sum())
                 assert set(np.unique(expected[ids == seg.id]).tolist()) == {seg.category}
-    assert ds.ignore_label == (65535 if name in ("ade20k_847", "pascal_context_459") else 255)
+    assert ds.ignore_label == {"ade20k_847": 65535, "pascal_context_459": 65535, "mapillary_vistas_panoptic": 65}.get(
+        name, 255)
     assert ds.has_panoptic == name.endswith("panoptic")
+
+
+def test_street_scene_ids_map_to_the_vocabulary_order(tmp_path):
+    write_layout("cityscapes_panoptic", tmp_path, num_images=2)
+    city = load_dataset("cityscapes_panoptic", tmp_path)
+    assert city.samples[0].image_path.name == "img_0000_leftImg8bit.png" and not city.has_semantic
+    # Cityscapes: label ids, rows in trainId order (road 7 -> 0, ..., bicycle 33 -> 18); 8 things
+    assert [city.vocabulary[i].dataset_id for i in (0, 1, 11, 18)] == [7, 8, 24, 33]
+    assert (city.vocabulary.labels[0], city.vocabulary.labels[11]) == ("road", "person")
+    assert city.is_thing.count(True) == 8 and city.is_thing[11:] == (True,) * 8
+    write_layout("mapillary_vistas_panoptic", tmp_path, num_images=1)
+    mv = load_dataset("mapillary_vistas_panoptic", tmp_path)
+    assert [mv.vocabulary[i].dataset_id for i in (0, 64)] == [1, 65] and mv.is_thing.count(True) == 37
+    (tmp_path / "cityscapes/leftImg8bit/val/frankfurt/img_0001_leftImg8bit.png").unlink()
+    with pytest.raises(DatasetLayoutError, match="img_0001_leftImg8bit.png"):
+        load_dataset("cityscapes_panoptic", tmp_path)
 
 
 def test_coco_ids_map_to_the_vocabulary_order(tmp_path):

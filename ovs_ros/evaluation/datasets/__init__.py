@@ -8,14 +8,18 @@ from ovs_ros.vocabulary import Vocabulary
 
 from .ade20k import ade20k_150, ade20k_150_panoptic, ade20k_847
 from .base import DatasetLayoutError, EvalDataset, EvalSample, id2rgb, read_label_map, read_panoptic_png
+from .cityscapes import cityscapes_panoptic
 from .coco import coco_panoptic
+from .mapillary import mapillary_vistas_panoptic
 from .pascal import pascal_context_59, pascal_context_459, pascal_voc_20, pascal_voc_21
 
 DATASETS: Dict[str, Callable[..., EvalDataset]] = {
     "ade20k_150_panoptic": ade20k_150_panoptic,
     "ade20k_150": ade20k_150,
     "ade20k_847": ade20k_847,
+    "cityscapes_panoptic": cityscapes_panoptic,
     "coco_panoptic": coco_panoptic,
+    "mapillary_vistas_panoptic": mapillary_vistas_panoptic,
     "pascal_context_59": pascal_context_59,
     "pascal_context_459": pascal_context_459,
     "pascal_voc_20": pascal_voc_20,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -146,9 +146,11 @@ def semantic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, gt_dir:
 
 
 def coco_panoptic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, panoptic_dir: Path, panoptic_json: Path,
-                          semantic_dir: Optional[Path]) -> EvalDataset:
+                          semantic_dir: Optional[Path], *, ignore_label: int = 255,
+                          image_of: Optional[Callable[[dict], Path]] = None) -> EvalDataset:
     """A COCO-format panoptic split (detectron2 `load_coco_panoptic_json` / MaskCLIP++ `load_ade20k_panoptic_json`):
-    image `<stem>.jpg`, label `file_name` in `panoptic_dir`, semantic label of the same name in `semantic_dir`."""
+    image `<stem>.jpg` (or `image_of(annotation)`), label `file_name` in `panoptic_dir`, semantic label of the same
+    name in `semantic_dir`."""
     require(image_dir, "image folder")
     require(panoptic_dir, "panoptic label folder")
     with open(require(panoptic_json, "panoptic json")) as f:
@@ -177,7 +179,7 @@ def coco_panoptic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, pa
                                             int(seg["area"]) if "area" in seg else None))
         samples.append(EvalSample(
             image_id=str(ann["image_id"]),
-            image_path=image_dir / f"{stem}.jpg",
+            image_path=image_dir / f"{stem}.jpg" if image_of is None else image_of(ann),
             panoptic_path=panoptic_dir / ann["file_name"],
             semantic_path=None if semantic_dir is None else semantic_dir / ann["file_name"],
             segments=tuple(segments),
@@ -187,7 +189,8 @@ def coco_panoptic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, pa
     for path in (samples[0].image_path, samples[0].panoptic_path, samples[0].semantic_path):
         if path is not None:
             require(path, "first sample file")  # as the references assert on the first entry
-    return EvalDataset(name, vocabulary, tuple(samples), ignore_label=255, has_semantic=semantic_dir is not None,
+    return EvalDataset(name, vocabulary, tuple(samples), ignore_label=ignore_label,
+                       has_semantic=semantic_dir is not None,
                        has_panoptic=True, is_thing=tuple(is_thing))
 
 
