@@ -221,6 +221,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         return 2
     info = json.loads(sidecar.read_text())
     for kind in ("generator", "classifier"):
+        if info[kind] is None:  # FC-CLIP alone: the classifier role is part of the generator engine
+            continue
         shapes = ", ".join(f"{i['name']} {i['shape']}" for i in info[kind]["inputs"])
         print(f"{args.out_dir / info[kind]['file']}: {shapes}")
     print(f"{sidecar}: names, shapes, normalisation, resolved config")

@@ -463,7 +463,8 @@ def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Modul
     """Export (or reuse from the cache) both engines for the config's `fixed_hw` and wrap them in onnxruntime."""
     from ovs_ros.config_utils import ConfigError
 
-    if config.generator.fixed_hw is None or config.classifier.fixed_hw is None:
+    in_generator = bool(getattr(classifier, "uses_generator_pass", False))  # FC-CLIP alone: one engine only
+    if config.generator.fixed_hw is None or (config.classifier.fixed_hw is None and not in_generator):
         raise ConfigError("backend onnxruntime runs fixed-shape engines: set generator.fixed_hw and "
                           "classifier.fixed_hw (H, W), multiples of each model's size_divisibility")
     if config.precision != "fp32":
@@ -471,15 +472,19 @@ def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Modul
                           "TensorRT engine from `ovs-export` output with `trtexec --fp16`)")
     try:
         _check_hw(config.generator.fixed_hw, generator.size_divisibility, "generator.fixed_hw")
-        _check_hw(config.classifier.fixed_hw, classifier.size_divisibility, "classifier.fixed_hw")
+        if not in_generator:
+            _check_hw(config.classifier.fixed_hw, classifier.size_divisibility, "classifier.fixed_hw")
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     cache = EngineCache(config.engine_cache_dir)
     num_queries = int(generator.config.num_queries)
     gen_path = cache.generator_engine(generator, config.generator.fixed_hw, precision=config.precision)
+    threads = config.num_threads
+    if in_generator:  # the classifier role runs nothing: its embeddings are outputs of the generator engine
+        return OnnxRuntimeEngines(generator=OnnxRuntimeGenerator(generator, gen_path, device, threads),
+                                  classifier=classifier, cache=cache)
     cls_path = cache.classifier_engine(classifier, config.classifier.fixed_hw, num_queries,
                                        precision=config.precision)
-    threads = config.num_threads
     return OnnxRuntimeEngines(
         generator=OnnxRuntimeGenerator(generator, gen_path, device, threads),
         classifier=OnnxRuntimeClassifier(classifier, cls_path, device, threads),
@@ -520,7 +525,9 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
     out_dir.mkdir(parents=True, exist_ok=True)
     gen_path, cls_path = out_dir / "generator.onnx", out_dir / "classifier.onnx"
     export_generator_onnx(generator, gen_path, g_hw, opset, exporter)
-    export_classifier_onnx(classifier, cls_path, c_hw, num_queries, opset, exporter)
+    in_generator = bool(getattr(classifier, "uses_generator_pass", False))  # FC-CLIP alone: no classifier engine
+    if not in_generator:
+        export_classifier_onnx(classifier, cls_path, c_hw, num_queries, opset, exporter)
 
     def sha256(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -528,7 +535,7 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
     resolved = dataclasses.replace(
         config, backend="onnxruntime",
         generator=dataclasses.replace(config.generator, fixed_hw=g_hw),
-        classifier=dataclasses.replace(config.classifier, fixed_hw=c_hw),
+        classifier=dataclasses.replace(config.classifier, fixed_hw=None if in_generator else c_hw),
     )
 
     def engine_entry(path: Path, module: Any) -> dict:
@@ -555,9 +562,13 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
         "generator": {
             **engine_entry(gen_path, generator),
             "num_queries": num_queries,
-            "class_logits": "closed training vocabulary, void last",
+            **({"class_embeddings": "FC-CLIP's in-vocabulary (class_embeddings) and out-of-vocabulary "
+                                    "(clip_mask_embeddings) query embeddings; the logits (cosine with its text "
+                                    "embeddings, max over synonyms, void last) are taken outside the engine"}
+               if getattr(generator, "open_vocabulary", False)
+               else {"class_logits": "closed training vocabulary, void last"}),
         },
-        "classifier": {
+        "classifier": None if in_generator else {
             **engine_entry(cls_path, classifier),
             "family": getattr(classifier, "family", None),
             "embed_dim": classifier.embed_dim,

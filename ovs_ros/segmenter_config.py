@@ -87,8 +87,9 @@ class SegmenterConfig:
         if self.backend not in ("eager", "onnxruntime"):
             raise ConfigError(f"backend must be eager or onnxruntime, got {self.backend!r}")
         if self.backend == "onnxruntime":
+            # classifier "fcclip" (FC-CLIP alone) has no image path of its own: its embeddings come from the generator
             missing = [name for name, section in (("generator", self.generator), ("classifier", self.classifier))
-                       if section.fixed_hw is None]
+                       if section.fixed_hw is None and not (name == "classifier" and section.model_name == "fcclip")]
             if missing:
                 fields = " and ".join(m + ".fixed_hw" for m in missing)
                 raise ConfigError(

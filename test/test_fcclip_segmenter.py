@@ -205,3 +205,29 @@ def test_fcclip_cards():
     assert (l_card.architecture, l_card.google_drive_id) == ("fcclip/convnext_large_d_320",
                                                              "1-91PIns86vyNaL3CzMmDD39zKGnPMtvj")
     assert l_card.published["ade150_pq"] == 26.8
+
+
+def test_alone_on_onnxruntime_is_one_engine_and_matches_eager(tmp_path):
+    """fcclip_b's shape: one generator engine whose outputs feed both classifiers; no classifier engine."""
+    fixed = {"generator.fixed_hw": [128, 192], "engine_cache_dir": str(tmp_path)}
+    eager = Segmenter.from_config("fcclip_tiny_random", {"generator.fixed_hw": [128, 192]})
+    onnx = Segmenter.from_config("fcclip_tiny_random", {**fixed, "backend": "onnxruntime"})
+    assert sorted(p.name.split("_")[0] for p in tmp_path.glob("*.onnx")) == ["generator"]
+    rgb = image(6)
+    a, b = eager.segment(rgb), onnx.segment(rgb)
+    np.testing.assert_array_equal(a.panoptic, b.panoptic)
+    np.testing.assert_allclose([s.score for s in a.segments], [s.score for s in b.segments], rtol=1e-3)
+
+
+def test_ovs_export_of_fcclip_alone_writes_the_generator_engine_only(tmp_path, capsys):
+    import json
+
+    from ovs_ros.cli import export_main
+
+    out = tmp_path / "engines"
+    assert export_main(["--config", "fcclip_tiny_random", "--out-dir", str(out), "--generator-hw", "128", "192"]) == 0
+    info = json.loads((out / "engines.json").read_text())
+    assert info["classifier"] is None and not (out / "classifier.onnx").exists()
+    assert [o["name"] for o in info["generator"]["outputs"]] == ["mask_logits", "class_embeddings",
+                                                                 "clip_mask_embeddings"]
+    assert "generator.onnx" in capsys.readouterr().out
