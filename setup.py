@@ -81,6 +81,7 @@ setup(
             "ovs_node = ovs_ros.node:main",
             "ovs-segment = ovs_ros.cli:main",
             "ovs-replay = ovs_ros.replay:main",
+            "ovs-vocab = ovs_ros.vocab_cli:main",
             "ovs-demo = ovs_ros.cli:demo_main",
             "ovs-benchmark = ovs_ros.benchmark:main",
             "ovs-export = ovs_ros.cli:export_main",

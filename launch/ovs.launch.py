@@ -2,14 +2,17 @@
 
     ros2 launch ovs_ros ovs.launch.py image_topic:=/camera/color/image_raw
     ros2 launch ovs_ros ovs.launch.py params_file:=/path/to/my_ovs.yaml namespace:=robot1 input_mode:=compressed
+    ros2 launch ovs_ros ovs.launch.py autostart:=false use_sim_time:=true log_level:=debug   # lifecycle manager, bag
 
 The node is named `ovs` (so `ros2 param set /ovs vocabulary "['red mug', 'laptop']"` works, or
 `/<namespace>/ovs`); its `image` input is remapped to `image_topic` and `image/compressed` to
 `<image_topic>/compressed`. Outputs are ~/panoptic, ~/semantic, ~/segments, ~/overlay, ~/labels and /diagnostics
 (docs/ros_interface.md).
 
-`input_mode` is empty by default, so the params file decides; when given it reaches the node as its `--input-mode`
-flag, which overrides the file (a parameters dict here would override the file even when the argument is unset).
+`input_mode`, `autostart` and `use_sim_time` are empty by default, so the params file decides; when given they reach
+the node as its `--input-mode`, `--autostart` and `--use-sim-time` flags, which override the file (a parameters dict
+here would override the file even when the argument is unset). `autostart:=false` leaves the node unconfigured for a
+lifecycle manager (e.g. nav2_lifecycle_manager).
 """
 import os
 
@@ -38,7 +41,15 @@ def generate_launch_description():
         DeclareLaunchArgument("input_mode", default_value="",
                               description="raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage); "
                                           "empty = the params file's input_mode"),
-        DeclareLaunchArgument("log_level", default_value="info", description="ROS log level"),
+        DeclareLaunchArgument("autostart", default_value="",
+                              description="true: configure and activate at start-up; false: wait for a lifecycle "
+                                          "manager; empty = the params file's autostart"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: stamps and latency on /clock time (bag replay); empty = the params "
+                                          "file's (default false)"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="ROS log level (debug, info, warn, error, fatal); the model code's log "
+                                          "lines follow it too"),
     ]
     node = Node(
         package=PACKAGE,
@@ -46,7 +57,11 @@ def generate_launch_description():
         name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"),
         parameters=[LaunchConfiguration("params_file")],
-        arguments=[["--input-mode=", LaunchConfiguration("input_mode")]],  # "--input-mode=": keep the file's
+        arguments=[  # an empty value keeps the params file's
+            ["--input-mode=", LaunchConfiguration("input_mode")],
+            ["--autostart=", LaunchConfiguration("autostart")],
+            ["--use-sim-time=", LaunchConfiguration("use_sim_time")],
+        ],
         remappings=[
             ("image", image_topic),
             ("image/compressed", [image_topic, "/compressed"]),

@@ -16,14 +16,34 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-# encoding -> (channels, channel order after conversion to RGB)
+# encoding -> bytes per pixel. Besides 8-bit RGB/BGR/mono: packed YUV 4:2:2 (ROS "yuv422" is UYVY,
+# "yuv422_yuy2" is YUYV), Bayer mosaics (demosaiced by OpenCV), and 16-bit images, scaled to 8 bits by keeping the
+# high byte (v >> 8: 0..65535 -> 0..255; a depth-like mono16 with small values therefore comes out dark).
 RAW_ENCODINGS = {
     "rgb8": 3,
     "bgr8": 3,
     "rgba8": 4,
     "bgra8": 4,
     "mono8": 1,
+    "yuv422": 2,
+    "uyvy": 2,
+    "yuv422_yuy2": 2,
+    "yuyv": 2,
+    "bayer_rggb8": 1,
+    "bayer_bggr8": 1,
+    "bayer_gbrg8": 1,
+    "bayer_grbg8": 1,
+    "mono16": 2,
+    "rgb16": 6,
+    "bgr16": 6,
+    "rgba16": 8,
+    "bgra16": 8,
 }
+_UYVY = ("yuv422", "uyvy")
+_YUYV = ("yuv422_yuy2", "yuyv")
+# ROS Bayer names -> OpenCV's (OpenCV names the pattern by the second row's first two pixels: cv_bridge's table).
+_BAYER_TO_CV = {"bayer_rggb8": "BayerBG", "bayer_bggr8": "BayerRG", "bayer_gbrg8": "BayerGR",
+                "bayer_grbg8": "BayerGB"}
 # Output encodings: numpy dtype and channels (REP-118 / sensor_msgs/image_encodings.hpp names).
 OUTPUT_ENCODINGS = {
     "rgb8": (np.uint8, 3),
@@ -80,6 +100,8 @@ def check_image_msg(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     row = width * RAW_ENCODINGS[encoding]
     if step < row:
         raise ImageDecodeError("size_mismatch", f"step {step} < width*channels {row} for {encoding} {width}x{height}")
+    if encoding in _UYVY + _YUYV and width % 2:
+        raise ImageDecodeError("size_mismatch", f"{encoding} needs an even width, got {width}")
     n = _buffer_len(msg.data)
     if n != step * height:
         raise ImageDecodeError(
@@ -87,13 +109,23 @@ def check_image_msg(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
 
 
 def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A raw `sensor_msgs/Image` (rgb8, bgr8, rgba8, bgra8, mono8) as a contiguous HxWx3 uint8 RGB array."""
+    """A raw `sensor_msgs/Image` in any of `RAW_ENCODINGS` as a contiguous HxWx3 uint8 RGB array."""
     check_image_msg(msg, max_pixels)
     encoding = str(msg.encoding).strip().lower()
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     channels = RAW_ENCODINGS[encoding]
     buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)
     pixels = buf[:, : width * channels].reshape(height, width, channels)
+    if channels in (6, 8) or encoding == "mono16":
+        return _sixteen_bit_to_rgb(pixels, encoding, bool(msg.is_bigendian))
+    if encoding in _UYVY + _YUYV or encoding in _BAYER_TO_CV:
+        import cv2
+
+        if encoding in _BAYER_TO_CV:
+            code = getattr(cv2, f"COLOR_{_BAYER_TO_CV[encoding]}2RGB")
+            return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), code))
+        code = cv2.COLOR_YUV2RGB_UYVY if encoding in _UYVY else cv2.COLOR_YUV2RGB_YUYV
+        return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(pixels), code))
     if encoding == "rgb8":
         return np.ascontiguousarray(pixels)
     if encoding == "bgr8":
@@ -103,6 +135,19 @@ def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     if encoding == "bgra8":
         return np.ascontiguousarray(pixels[:, :, 2::-1])
     return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))  # mono8
+
+
+def _sixteen_bit_to_rgb(pixels: np.ndarray, encoding: str, big_endian: bool) -> np.ndarray:
+    """mono16 / rgb16 / bgr16 / rgba16 / bgra16 -> 8-bit RGB by the high byte."""
+    height, width = pixels.shape[:2]
+    dtype = np.dtype(np.uint16).newbyteorder(">" if big_endian else "<")
+    values = np.ascontiguousarray(pixels).view(dtype).reshape(height, width, -1)
+    eight = (values >> 8).astype(np.uint8)
+    if encoding == "mono16":
+        return np.ascontiguousarray(np.repeat(eight, 3, axis=2))
+    if encoding.startswith("bgr"):
+        return np.ascontiguousarray(eight[:, :, 2::-1])
+    return np.ascontiguousarray(eight[:, :, :3])
 
 
 def _peek_compressed_size(data: bytes) -> Optional[Tuple[int, int]]:

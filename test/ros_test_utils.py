@@ -81,7 +81,7 @@ class NodeProcess:
 
     def __init__(self, domain_id: int, namespace: str, params: Optional[Dict[str, Any]] = None,
                  cli_args: Sequence[str] = (), slow_ms: int = 0, log_dir: Optional[Path] = None,
-                 name: str = "ovs", slow_start_s: float = 0.0) -> None:
+                 name: str = "ovs", slow_start_s: float = 0.0, env: Optional[Dict[str, str]] = None) -> None:
         self.domain_id = domain_id
         self.namespace = namespace
         self.name = name
@@ -90,6 +90,7 @@ class NodeProcess:
         self.cli_args = list(cli_args)
         self.slow_ms = slow_ms
         self.slow_start_s = slow_start_s
+        self.env = dict(env or {})
         self.log_dir = Path(log_dir or "/tmp")
         self.proc: Optional[subprocess.Popen] = None
         self.returncode: Optional[int] = None
@@ -115,7 +116,7 @@ class NodeProcess:
         self.stderr_path = self.log_dir / f"{tag}.stderr.txt"
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(self.command(), cwd=str(REPO), env=ros_env(self.domain_id),
+        self.proc = subprocess.Popen(self.command(), cwd=str(REPO), env={**ros_env(self.domain_id), **self.env},
                                      stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
         return self
 
@@ -249,20 +250,11 @@ class RosClient:
                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
         return self.node.create_publisher(msg_type, topic, qos)
 
-    def call(self, srv_type: Any, name: str, request: Any, timeout: float = 20.0) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise TimeoutError(f"service {name} not available")
-            future = client.call_async(request)
-            deadline = time.monotonic() + timeout
-            while not future.done():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"service {name}: no reply in {timeout} s")
-                time.sleep(0.01)
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+    def call(self, srv_type: Any, name: str, request: Any, timeout: float = 30.0, retry_s: float = 1.0) -> Any:
+        """One service call that survives a lost request (re-sent every `retry_s`, doubling; first reply wins)."""
+        from ovs_ros.ros_services import call_with_retries
+
+        return call_with_retries(self.node, srv_type, name, request, timeout_s=timeout, retry_s=retry_s)
 
     def set_parameters(self, node_fqn: str, values: Dict[str, Any], timeout: float = 30.0) -> List[Any]:
         """rcl_interfaces/srv/SetParameters on `<node>/set_parameters`: one SetParametersResult per value."""
@@ -341,7 +333,14 @@ def stamp_from_json(d: dict) -> tuple:
 
 
 def diagnostics_values(msg: Any, node_fqn: str) -> Optional[Dict[str, str]]:
+    """The values of the status that node `node_fqn` published (statuses are named `<node name>: <task>` as
+    diagnostic_updater names them, so the fully qualified name is read from the `node` value)."""
+    status = diagnostics_status(msg, node_fqn)
+    return None if status is None else {kv.key: kv.value for kv in status.values}
+
+
+def diagnostics_status(msg: Any, node_fqn: str) -> Optional[Any]:
     for status in msg.status:
-        if status.name.startswith(node_fqn + ":"):
-            return {kv.key: kv.value for kv in status.values}
+        if any(kv.key == "node" and kv.value == node_fqn for kv in status.values):
+            return status
     return None

@@ -1,7 +1,10 @@
 """Test helper: the real node with the real tiny Segmenter made deliberately slower (overload tests only).
 
 Usage: python test/slow_node.py EXTRA_MS [node args] --ros-args ...
+With OVS_TEST_SLOW_VOCABULARY_S=S in the environment, every vocabulary change of 100 classes or more also takes S
+seconds longer (a stand-in for a large text tower on a CPU).
 """
+import os
 import sys
 import time
 
@@ -18,6 +21,16 @@ def main() -> int:
         return result
 
     segmenter_module.Segmenter.segment = slow_segment
+    vocabulary_s = float(os.environ.get("OVS_TEST_SLOW_VOCABULARY_S", "0"))
+    if vocabulary_s > 0:
+        real_set_vocabulary = segmenter_module.Segmenter.set_vocabulary
+
+        def slow_set_vocabulary(self, vocabulary, *args, **kwargs):
+            if not isinstance(vocabulary, str) and len(vocabulary) >= 100:
+                time.sleep(vocabulary_s)
+            return real_set_vocabulary(self, vocabulary, *args, **kwargs)
+
+        segmenter_module.Segmenter.set_vocabulary = slow_set_vocabulary
     from ovs_ros.node import main as node_main
 
     return node_main([sys.argv[0]] + sys.argv[2:])

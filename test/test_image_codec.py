@@ -42,6 +42,63 @@ def test_raw_encodings_to_rgb(pad):
     np.testing.assert_array_equal(out, np.repeat(mono[:, :, None], 3, axis=2))
 
 
+def _bt601_yuv(rgb: np.ndarray) -> np.ndarray:
+    """Video-range BT.601 YUV (what UYVY/YUYV cameras send), per pixel, as float."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    return np.stack([y, u, v], axis=-1)
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "uyvy", "yuv422_yuy2", "yuyv"])
+def test_packed_yuv422_to_rgb(encoding):
+    """Flat colours in 2x2 blocks (chroma is shared by a pixel pair): decoded within rounding of BT.601."""
+    colours = np.array([[[200, 50, 20], [10, 180, 90]], [[30, 40, 220], [128, 128, 128]]], np.uint8)
+    rgb = np.repeat(np.repeat(colours, 2, axis=0), 2, axis=1)  # 4x4
+    yuv = np.round(_bt601_yuv(rgb)).astype(np.uint8)
+    packed = np.zeros((4, 4, 2), np.uint8)
+    luma, chroma = (1, 0) if encoding in ("yuv422", "uyvy") else (0, 1)
+    packed[..., luma] = yuv[..., 0]
+    packed[:, 0::2, chroma] = yuv[:, 0::2, 1]
+    packed[:, 1::2, chroma] = yuv[:, 0::2, 2]
+    out = image_msg_to_rgb(raw(packed, encoding))
+    assert out.shape == (4, 4, 3)
+    np.testing.assert_allclose(out.astype(int), rgb.astype(int), atol=3)
+
+
+@pytest.mark.parametrize("encoding, pattern", [
+    ("bayer_rggb8", ("R", "G", "G", "B")), ("bayer_bggr8", ("B", "G", "G", "R")),
+    ("bayer_gbrg8", ("G", "B", "R", "G")), ("bayer_grbg8", ("G", "R", "B", "G")),
+])
+def test_bayer_to_rgb(encoding, pattern):
+    """A flat colour mosaiced in each ROS pattern comes back as that colour (inside, away from the border)."""
+    colour = {"R": 200, "G": 60, "B": 20}
+    mosaic = np.zeros((8, 8), np.uint8)
+    for (dy, dx), channel in zip(((0, 0), (0, 1), (1, 0), (1, 1)), pattern):
+        mosaic[dy::2, dx::2] = colour[channel]
+    out = image_msg_to_rgb(raw(mosaic, encoding))
+    np.testing.assert_array_equal(out[2:6, 2:6], np.broadcast_to(np.array([200, 60, 20], np.uint8), (4, 4, 3)))
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_sixteen_bit_encodings_keep_the_high_byte(big_endian):
+    values = RNG.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    order = ">" if big_endian else "<"
+    expected = (values >> 8).astype(np.uint8)
+    for encoding, array, want in (
+        ("rgb16", values, expected),
+        ("bgr16", values[:, :, ::-1], expected),
+        ("rgba16", np.concatenate([values, values[:, :, :1]], axis=2), expected),
+        ("bgra16", np.concatenate([values[:, :, ::-1], values[:, :, :1]], axis=2), expected),
+        ("mono16", values[:, :, 0], np.repeat(expected[:, :, :1], 3, axis=2)),
+    ):
+        data = np.ascontiguousarray(array).astype(np.dtype(np.uint16).newbyteorder(order))
+        msg = raw(data.view(np.uint8).reshape(5, 7, -1), encoding)
+        msg.is_bigendian = int(big_endian)
+        np.testing.assert_array_equal(image_msg_to_rgb(msg), want, err_msg=encoding)
+
+
 def test_works_on_real_messages_and_arrays():
     pytest.importorskip("sensor_msgs.msg")
     from sensor_msgs.msg import Image
@@ -54,8 +111,9 @@ def test_works_on_real_messages_and_arrays():
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda m: setattr(m, "encoding", "yuv422"), "encoding"),
+    (lambda m: setattr(m, "encoding", "32FC1"), "encoding"),
     (lambda m: setattr(m, "encoding", "16UC1"), "encoding"),
+    (lambda m: setattr(m, "encoding", "yuv422"), "size_mismatch"),  # odd width (7): 4:2:2 pairs need an even one
     (lambda m: setattr(m, "height", 0), "empty"),
     (lambda m: setattr(m, "width", 0), "empty"),
     (lambda m: setattr(m, "step", 20), "size_mismatch"),

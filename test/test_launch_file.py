@@ -57,7 +57,7 @@ def test_launch_file_static():
     data = yaml.safe_load(params_file.read_text())
     assert "ros__parameters" in data["/**"]
     # every key in the params file is a declared parameter, and the node's defaults are in the file
-    from ovs_ros.node_params import PARAMS_BY_NAME
+    from ovs_ros.node.params import PARAMS_BY_NAME
 
     keys = set(data["/**"]["ros__parameters"])
     assert keys <= set(PARAMS_BY_NAME), keys - set(PARAMS_BY_NAME)
@@ -71,7 +71,7 @@ def test_launch_file_static():
     assert "'image'" in remaps and "'image/compressed'" in remaps
     declared = [ast.literal_eval(n.args[0]) for n in ast.walk(tree)
                 if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"]
-    assert {"image_topic", "params_file", "namespace"} <= set(declared)
+    assert {"image_topic", "params_file", "namespace", "autostart", "use_sim_time", "log_level"} <= set(declared)
     # the params file is loaded (and only it: a parameters dict here would override the file's values)
     assert ast.unparse(kwargs["parameters"]) == "[LaunchConfiguration('params_file')]"
     defaults = {ast.literal_eval(n.args[0]): n for n in ast.walk(tree)
@@ -85,7 +85,12 @@ def test_launch_file_static():
     # input_mode: empty by default, so the params file decides; given, it reaches the node as --input-mode
     assert ast.literal_eval(_keyword(defaults["input_mode"], "default_value")) == ""
     arguments = ast.unparse(kwargs["arguments"])
-    assert "'--input-mode='" in arguments and "LaunchConfiguration('input_mode')" in arguments
+    for flag, argument in (("--input-mode", "input_mode"), ("--autostart", "autostart"),
+                           ("--use-sim-time", "use_sim_time")):
+        assert ast.literal_eval(_keyword(defaults[argument], "default_value")) == ""
+        assert f"['{flag}=', LaunchConfiguration('{argument}')]" in arguments
+    assert "LaunchConfiguration('log_level')" in ast.unparse(kwargs["ros_arguments"])
+    assert _resolves_to_launch_config(tree, kwargs["namespace"], "namespace")
     # the console script it names exists
     setup = (REPO / "setup.py").read_text()
     assert "ovs_node = ovs_ros.node:main" in setup

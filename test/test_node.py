@@ -164,7 +164,8 @@ def by_stamp(collector, json_payload: bool = False) -> dict:
 
 # ------------------------------------------------------------------------------------------------- tests
 def test_pure_helpers():
-    from ovs_ros.node import FrameSlot, labels_json, segments_json, semantic_image
+    from ovs_ros.node.frames import FrameSlot
+    from ovs_ros.node.payloads import labels_json, segments_json, semantic_image
     from ovs_ros.results import PanopticResult, SegmentInfo
     from ovs_ros.vocabulary import Vocabulary
 
@@ -240,7 +241,7 @@ class LocalNodes:
     def make(self, **params):
         from rclpy.parameter import Parameter
 
-        from ovs_ros.node import OvsNode
+        from ovs_ros.node.core import OvsNode
 
         overrides = [Parameter(k, value=v) for k, v in {"autostart": False, **params}.items()]
         node = OvsNode("ovs", namespace=self.namespace, context=self.context, parameter_overrides=overrides)
@@ -252,7 +253,8 @@ class LocalNodes:
         msg_type = String if output in ("segments", "labels") else Image
         sub = self.helper.create_subscription(msg_type, f"{node.get_fully_qualified_name()}/{output}", lambda m: None,
                                               10)
-        assert wait_until(lambda: node._pubs[output].get_subscription_count() > 0, 10.0), f"{output} not matched"
+        matched = wait_until(lambda: node._outputs.pubs[output].get_subscription_count() > 0, 10.0)
+        assert matched, f"{output} not matched"
         return sub
 
     def close(self) -> None:
@@ -334,8 +336,8 @@ def test_void_value_changes_with_its_labels(local):
     local.subscribe(node, "segments")
     published = {"labels": [], "segments": []}
     for name, items in published.items():
-        real = node._pubs[name].publish
-        node._pubs[name].publish = lambda msg, real=real, items=items: (items.append(json.loads(msg.data)),
+        real = node._outputs.pubs[name].publish
+        node._outputs.pubs[name].publish = lambda msg, real=real, items=items: (items.append(json.loads(msg.data)),
                                                                         real(msg))
     result = node.set_parameters([Parameter("semantic_void_value", value=0)])[0]
     assert result.successful, result.reason
@@ -361,7 +363,11 @@ def test_cleanup_configure_cycles_do_not_accumulate_managed_entities(local):
         assert len(node._managed_entities) == configured
         node.trigger_cleanup()
         assert len(node._managed_entities) == unconfigured
-    assert configured - unconfigured == 5  # ~/panoptic, ~/semantic, ~/segments, ~/overlay, ~/labels
+    from ovs_ros.node.payloads import load_vision_msgs
+
+    # ~/panoptic, ~/semantic, ~/confidence, ~/segments, ~/overlay, ~/camera_info, ~/labels (+ ~/detections and
+    # ~/label_info where vision_msgs is installed)
+    assert configured - unconfigured == 7 + (2 if load_vision_msgs() else 0)
 
 
 def test_bad_compressed_frames_never_displace_a_good_one(local):
@@ -428,6 +434,61 @@ def test_vocabulary_requests_that_would_be_ignored_are_refused(local, tmp_path):
     assert list(node._segmenter.vocabulary.labels) == ["red mug", "laptop"]
 
 
+def test_a_transition_that_raises_is_logged_with_its_reason(local, monkeypatch, capfd):
+    """rclpy turns an exception in a lifecycle callback into ERROR without a word; the node logs it and fails."""
+    from ovs_ros.node import input as node_input
+
+    node = _configured(local.make(vocabulary=VOCAB_A))
+
+    def broken_start(self, with_camera_info):
+        raise RuntimeError("the camera subscription exploded")
+
+    monkeypatch.setattr(node_input.InputSubscription, "start", broken_start)
+    node.trigger_activate()
+    assert not node._active and node._worker is None
+    err = capfd.readouterr().err
+    assert "activate failed: RuntimeError: the camera subscription exploded" in err
+    assert "Traceback" in err and "broken_start" in err
+    monkeypatch.undo()
+    node.trigger_activate()  # the node is still usable
+    assert node._active
+
+
+def test_one_vocabulary_limit_the_node_exposes(local, monkeypatch):
+    """max_vocabulary_size is the only limit: the segmenter gets it opened to the node's range (no hidden 1000)."""
+    from ovs_ros.node.params import MAX_SEMANTIC_CLASSES
+
+    calls = []
+
+    def recording(config, overrides=None):
+        calls.append(dict(overrides or {}))
+        return FakeSegmenter()
+
+    monkeypatch.setattr(FakeSegmenter, "from_config", staticmethod(recording))
+    node = _configured(local.make(vocabulary=VOCAB_A, max_vocabulary_size=2000))
+
+    assert calls and calls[0]["max_vocabulary_classes"] == MAX_SEMANTIC_CLASSES
+    big = [f"object {i}" for i in range(1500)]
+    assert node.set_parameters([Parameter("vocabulary", value=big)])[0].successful
+    assert len(node._segmenter.vocabulary) == 1500
+    reply = node.set_parameters([Parameter("vocabulary", value=big + [f"x {i}" for i in range(501)])])[0]
+    assert not reply.successful and "max_vocabulary_size=2000" in reply.reason
+
+
+def test_vocabulary_parameter_reads_back_the_classes_in_use(local, tmp_path):
+    from ovs_ros.node.vocabulary_params import vocabulary_strings
+
+    vocab_file = tmp_path / "kitchen.yaml"
+    vocab_file.write_text("classes:\n  - red mug\n  - laptop,notebook\n  - stuff:floor\n")
+    node = _configured(local.make())
+    assert node.get_parameter("vocabulary").value == vocabulary_strings(node._segmenter.vocabulary)
+    assert node.set_parameters([Parameter("vocabulary_file", value=str(vocab_file))])[0].successful
+    assert node.get_parameter("vocabulary").value == ["red mug", "laptop,notebook", "stuff:floor"]
+    assert node._vocab.source == "vocabulary_file"  # reading it back did not change where it comes from
+    result = node.set_parameters([Parameter("stuff_classes", value=["laptop"])])[0]
+    assert not result.successful and "kitchen.yaml" in result.reason
+
+
 def test_check_compressed_msg_reads_only_the_header():
     from ovs_ros.image_codec import COMPRESSED_PEEK_BYTES, check_compressed_msg
 
@@ -446,7 +507,7 @@ def test_check_compressed_msg_reads_only_the_header():
 
 
 def test_semantic_void_value_descriptor_has_a_range():
-    from ovs_ros.node_params import PARAMS_BY_NAME, make_descriptor
+    from ovs_ros.node.params import PARAMS_BY_NAME, make_descriptor
 
     ranges = make_descriptor(PARAMS_BY_NAME["semantic_void_value"]).integer_range
     assert ranges and (ranges[0].from_value, ranges[0].to_value) == (0, 65535)
@@ -613,7 +674,7 @@ def _malformed_messages(client):
     good = synthetic_rgb(16, 16)
     for i in range(25):  # unsupported encodings
         m = image_msg(good, client.now_msg())
-        m.encoding = ["yuv422", "16UC1", "bayer_rggb8", "32FC1", "nonsense"][i % 5]
+        m.encoding = ["16UC1", "32FC1", "8UC3", "64FC1", "nonsense"][i % 5]
         msgs.append(("encoding", m))
     for i in range(25):  # step / size mismatch
         m = image_msg(good, client.now_msg())
@@ -888,8 +949,10 @@ def test_lifecycle_managed_compressed_input(domain, client, tmp_path):
     pub = client.publisher(CompressedImage, f"{ns}/image/compressed", reliable=True)
 
     def transition(tid: int) -> bool:
+        # re-sent only after 10 s: a transition is not idempotent, and configure itself takes seconds here
         return client.call(ChangeState, f"{proc.fqn}/change_state",
-                           ChangeState.Request(transition=Transition(id=tid)), timeout=START_TIMEOUT).success
+                           ChangeState.Request(transition=Transition(id=tid)), timeout=START_TIMEOUT,
+                           retry_s=10.0).success
 
     def state() -> str:
         reply = client.call(GetState, f"{proc.fqn}/get_state", GetState.Request(), timeout=START_TIMEOUT)
