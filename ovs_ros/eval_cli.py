@@ -317,6 +317,9 @@ def run(args: argparse.Namespace) -> dict:
         dataset = load_dataset(args.dataset, args.root, args.vocabulary)
         samples = dataset.samples[: args.limit] if args.limit else dataset.samples
         overrides = config_overrides(args)
+        if "vocabulary" in overrides:
+            raise EvalError("the dataset decides the vocabulary (its classes are the label values); pass a benchmark "
+                            "vocabulary file with --vocabulary instead of --set vocabulary=")
         if ctx.device or args.device:
             overrides["device"] = ctx.device or args.device
         config = load_segmenter_config(args.config, overrides)

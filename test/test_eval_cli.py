@@ -200,6 +200,10 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert _run(tmp_path, "ade20k_150", tmp_path / "out") == 1
     assert "not found" in capsys.readouterr().err
+    write_layout("ade20k_150", tmp_path / "data", num_images=1)
+    assert _run(tmp_path, "ade20k_150", tmp_path / "out", "--set", "vocabulary=[cat, dog]") == 1
+    assert "--vocabulary" in capsys.readouterr().err
+    assert _run(tmp_path, "ade20k_150", tmp_path / "out", "--limit", "0") == 1
     with pytest.raises(SystemExit):
         main(["--config", "tiny", "--dataset", "nope", "--root", str(tmp_path)])
 
