@@ -107,13 +107,14 @@ def init_distributed(device: Optional[str]) -> Dist:
 
 
 # ---------------------------------------------------------------------------------------------------- per image
-def evaluate_sample(segmenter, dataset, sample) -> dict:
-    """One image's statistics record (JSON-safe) and the result (for overlays)."""
+def evaluate_sample(segmenter, dataset, sample, instance_image_id=None) -> dict:
+    """One image's statistics record (JSON-safe) and the result (for overlays). With `instance_image_id` (the id in
+    the instance annotations) the record also keeps the image's detections as COCO results, for mask AP."""
     from ovs_ros.evaluation import PanopticSegment, pq_image_stats, semseg_image_stats
 
     rgb = sample.load_image()
     start = time.perf_counter()
-    result = segmenter.segment(rgb, semantic=dataset.has_semantic)
+    result = segmenter.segment(rgb, semantic=dataset.has_semantic, instances=instance_image_id is not None)
     seconds = time.perf_counter() - start
     record: dict = {"image_id": sample.image_id, "seconds": seconds}
     k = dataset.num_classes
@@ -128,6 +129,12 @@ def evaluate_sample(segmenter, dataset, sample) -> dict:
             raise ValueError(f"panoptic GT {gt_ids.shape} and image {rgb.shape[:2]} differ in size")
         pred_segments = [PanopticSegment(s.id, s.class_index) for s in result.segments]
         record["pq"] = pq_image_stats(gt_ids, sample.segments, result.panoptic, pred_segments, k).to_dict()
+    if instance_image_id is not None:
+        from ovs_ros.evaluation.instance_ap import instances_to_coco_json
+
+        inst = result.instances
+        record["instances"] = instances_to_coco_json(instance_image_id, inst.scores, inst.classes, inst.masks,
+                                                     [entry.dataset_id for entry in dataset.vocabulary])
     return record, rgb, result
 
 
@@ -209,6 +216,29 @@ def summarise(dataset, samples: Sequence, records: Dict[str, dict], seen: Option
         metrics.update({key: sem[key] for key in SEMANTIC_METRICS if key in sem})
         per_class["semantic"] = sem["per_class"]
     return {"metrics": metrics, "per_class": per_class}
+
+
+def instance_image_ids(dataset, disabled: bool) -> Optional[Dict[str, object]]:
+    """sample id -> image id in the instance annotations (COCO ids are ints, ADE ids strings), or None when mask AP
+    is not measured (no annotations, or `--no-ap`). An evaluated image missing from them is an error."""
+    if disabled or not dataset.has_instances:
+        return None
+    with open(dataset.instances_json) as f:
+        ids = {str(img["id"]): img["id"] for img in json.load(f)["images"]}
+    missing = [s.image_id for s in dataset.samples if s.image_id not in ids][:5]
+    if missing:
+        raise EvalError(f"{dataset.instances_json} lacks images {missing}; pass --no-ap to skip mask AP")
+    return ids
+
+
+def instance_metrics(dataset, evaluated: Sequence, records: Dict[str, dict], instance_ids: Dict[str, object]) -> dict:
+    """Mask AP over the evaluated images, detections in dataset order (rank 0 only: COCOeval is not a sum)."""
+    from ovs_ros.evaluation.instance_ap import coco_instance_ap
+
+    results = [r for s in evaluated for r in records[s.image_id].get("instances", [])]
+    if any("instances" not in records[s.image_id] for s in evaluated):
+        raise EvalError("the cache holds images evaluated without instances (a --no-ap run); use --fresh")
+    return coco_instance_ap(dataset.instances_json, results, [instance_ids[s.image_id] for s in evaluated])
 
 
 def published_numbers(config, dataset_name: str) -> dict:
@@ -295,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="eval_out", help="results, overlays and the per-image cache (resume)")
     parser.add_argument("--overlays", type=int, default=4, help="overlay images to write (first images of rank 0)")
     parser.add_argument("--fresh", action="store_true", help="discard the cache in --out and start over")
+    parser.add_argument("--no-ap", action="store_true",
+                        help="skip mask AP (it keeps up to 100 detections per image in the cache)")
     parser.add_argument("--verbose", "-v", action="store_true")
     add_config_overrides(parser)
     return parser
@@ -323,8 +355,12 @@ def run(args: argparse.Namespace) -> dict:
         if ctx.device or args.device:
             overrides["device"] = ctx.device or args.device
         config = load_segmenter_config(args.config, overrides)
+        instance_ids = instance_image_ids(dataset, args.no_ap)
+        if instance_ids is None and dataset.instances_json is not None and not args.no_ap and ctx.rank == 0:
+            LOG.warning("mask AP not measured: no instance annotations at %s", dataset.instances_json)
         out = Path(args.out).expanduser()
-        prepare_out(out, run_fingerprint(args, config, dataset), args.fresh, ctx)
+        fingerprint = dict(run_fingerprint(args, config, dataset), mask_ap=instance_ids is not None)
+        prepare_out(out, fingerprint, args.fresh, ctx)
         cached, broken = read_cache(out)
         if broken and ctx.rank == 0:
             LOG.warning("%d unreadable cache line(s) (an interrupted write); those images are evaluated again", broken)
@@ -339,7 +375,8 @@ def run(args: argparse.Namespace) -> dict:
         with open(cache_file, "a") as cache, torch.inference_mode():
             for sample in tqdm(shard, desc=f"ovs-eval {dataset.name}", disable=ctx.rank != 0, unit="img"):
                 try:
-                    record, rgb, result = evaluate_sample(segmenter, dataset, sample)
+                    record, rgb, result = evaluate_sample(
+                        segmenter, dataset, sample, None if instance_ids is None else instance_ids[sample.image_id])
                 except Exception as exc:  # counted and listed; the run goes on (a bad file, an OOM frame)
                     errors.append({"image_id": sample.image_id, "error": f"{type(exc).__name__}: {exc}"})
                     LOG.warning("%s: %s", sample.image_id, errors[-1]["error"])
@@ -360,6 +397,8 @@ def run(args: argparse.Namespace) -> dict:
         all_errors.sort(key=lambda e: order[e["image_id"]])
         evaluated = [s for s in samples if s.image_id in records]
         summary = summarise(dataset, samples, records, seen)
+        if instance_ids is not None and ctx.rank == 0:
+            summary["metrics"].update(instance_metrics(dataset, evaluated, records, instance_ids))
         report = {
             "dataset": dataset.name,
             "config_name": str(args.config),

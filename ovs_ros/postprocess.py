@@ -29,6 +29,7 @@ __all__ = [
     "semantic_map",
     "semantic_probs",
     "semantic_inference",
+    "instance_inference",
     "segment_boxes",
     "build_segments",
 ]
@@ -314,6 +315,38 @@ def semantic_inference(mask_probs: Tensor, class_probs: Tensor, chunk_pixels: Op
         n = min(chunk_pixels, h * w - start)
         out[start:start + n] = (masks.narrow(1, start, n).t() @ cls).argmax(1)  # [n, K] -> first max on ties
     return out.view(h, w)
+
+
+def instance_inference(mask_probs: Tensor, class_probs: Tensor, is_thing: BoolLike,
+                       topk: int = 100) -> Tuple[Tensor, Tensor, Tensor]:
+    """Instance predictions as MaskCLIP++'s `_instance_inference` with panoptic on (maskclippp.py): the top `topk`
+    (detectron2 `TEST.DETECTIONS_PER_IMAGE`, 100) of all (query, class) pairs by `softmax(log(p + 1e-8))[q, k]` over
+    the K non-void classes, kept when the class is a thing; mask `m_q > 0.5`; score = class score x the mean of `m_q`
+    inside the mask.
+
+    `mask_probs` [Q, H, W] at the output size; `class_probs` [Q, K + 1]. Returns scores [N] float, classes [N] long
+    and masks [N, H, W] bool, by decreasing class score (the reference's `topk(sorted=False)` order is unspecified;
+    COCOeval sorts by score).
+    """
+    _check(mask_probs, "mask_probs", 3)
+    _check(class_probs, "class_probs", 2)
+    q = mask_probs.shape[0]
+    if class_probs.shape[0] != q:
+        raise ValueError(f"class_probs has {class_probs.shape[0]} queries, mask_probs has {q}")
+    k = class_probs.shape[1] - 1
+    thing = _as_bool(is_thing, "is_thing", k, mask_probs.device)
+    scores = torch.log(class_probs.to(mask_probs.dtype) + 1e-8).softmax(-1)[:, :k]
+    n = min(int(topk), scores.numel())
+    top_scores, top_index = scores.flatten().topk(n, sorted=True)
+    labels = top_index % k
+    queries = torch.div(top_index, k, rounding_mode="trunc")
+    keep = thing.index_select(0, labels)
+    top_scores, labels, queries = top_scores[keep], labels[keep], queries[keep]
+    masks = mask_probs.index_select(0, queries)
+    binary = masks > 0.5
+    flat = binary.flatten(1).to(masks.dtype)
+    mask_scores = (masks.flatten(1) * flat).sum(1) / (flat.sum(1) + 1e-6)
+    return top_scores * mask_scores, labels, binary
 
 
 def segment_boxes(panoptic: Tensor, num_segments: int) -> Tensor:

@@ -32,6 +32,18 @@ class SegmentInfo:
 
 
 @dataclass
+class InstanceResult:
+    """Instance predictions for instance AP (MaskCLIP++ `_instance_inference`): N detections, thing classes only.
+
+    scores: [N] float32; classes: [N] int64 vocabulary indices; masks: [N, H, W] bool at the input size.
+    """
+
+    scores: np.ndarray
+    classes: np.ndarray
+    masks: np.ndarray
+
+
+@dataclass
 class PanopticResult:
     """Output of `Segmenter.segment` for one image.
 
@@ -41,6 +53,7 @@ class PanopticResult:
     timings_ms: wall-clock milliseconds per stage (preprocess, generator, classifier, ensemble, merge, ...).
     semantic_inference: [H, W] int32 class indices from MaskCLIP++'s soft semantic inference
         (`argmax_k sum_q p(q, k) m_q`, no void), when asked for (`Segmenter.segment(rgb, semantic=True)`); else None.
+    instances: top-100 thing detections (`InstanceResult`) when asked for (`segment(rgb, instances=True)`); else None.
     """
 
     panoptic: np.ndarray
@@ -50,6 +63,7 @@ class PanopticResult:
     vocabulary_version: int = 0
     timings_ms: Dict[str, float] = field(default_factory=dict)
     semantic_inference: Optional[np.ndarray] = None
+    instances: Optional[InstanceResult] = None
 
     def segments_table(self) -> List[dict]:
         return [s.to_dict() for s in self.segments]

@@ -33,6 +33,7 @@ from ovs_ros.postprocess import (
     masks_for_merge,
     panoptic_at_size,
     panoptic_merge,
+    instance_inference,
     semantic_inference,
     semantic_map,
 )
@@ -44,7 +45,7 @@ from ovs_ros.preprocess import (
     masks_to_clip_frame,
     prepare_branch,
 )
-from ovs_ros.results import PanopticResult
+from ovs_ros.results import InstanceResult, PanopticResult
 from ovs_ros.segmenter_config import SegmenterConfig, apply_card_defaults, load_segmenter_config
 from ovs_ros.text_cache import TextEmbeddingCache, VocabularyEmbeddings
 from ovs_ros.models.clip import mask_class_logits
@@ -216,18 +217,19 @@ class Segmenter:
                 f"image {width}x{height} exceeds max_image_pixels={self.config.max_image_pixels}; resize it upstream"
             )
 
-    def segment(self, rgb: np.ndarray, *, semantic: bool = False) -> PanopticResult:
+    def segment(self, rgb: np.ndarray, *, semantic: bool = False, instances: bool = False) -> PanopticResult:
         """Segment one HxWx3 uint8 RGB frame with the vocabulary current when the call starts.
 
         `semantic=True` also computes MaskCLIP++'s soft semantic inference (`PanopticResult.semantic_inference`, what
         the mIoU of the papers is measured on); off by default, so the node's per-frame cost is unchanged.
+        `instances=True` adds MaskCLIP++'s instance predictions (`PanopticResult.instances`, for instance AP).
 
         Raises ValueError for a bad image and `SegmenterOutOfMemoryError` when the device runs out of memory (the
         allocator cache is emptied first, so the next, perhaps smaller, frame can run).
         """
         self.validate_image(rgb)
         try:
-            return self._segment(rgb, semantic)
+            return self._segment(rgb, semantic, instances)
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise SegmenterOutOfMemoryError(
@@ -236,7 +238,8 @@ class Segmenter:
             ) from exc
 
     @torch.inference_mode()
-    def _segment(self, rgb: np.ndarray, semantic_inference_on: bool = False) -> PanopticResult:
+    def _segment(self, rgb: np.ndarray, semantic_inference_on: bool = False,
+                 instances_on: bool = False) -> PanopticResult:
         state = self._current()
         timer = StageTimer(self.device)
         height, width = rgb.shape[:2]
@@ -296,13 +299,17 @@ class Segmenter:
             panoptic, areas, boxes = panoptic_at_size(merged, (height, width))
             void_id = len(state.labels)
             semantic = semantic_map(panoptic, merged.segment_class, void_id)
-        semantic_ids = None
+        semantic_ids = instance_out = None
+        if (semantic_inference_on or instances_on) and tuple(merge_masks.shape[-2:]) != (height, width):
+            with timer.stage("eval_masks"):  # MaskCLIP++ resizes the soft masks to the image first
+                merge_masks = torch.nn.functional.interpolate(mask_probs, size=(height, width), mode="bilinear",
+                                                              align_corners=False)[0]
         if semantic_inference_on:
             with timer.stage("semantic_inference"):
-                if tuple(merge_masks.shape[-2:]) != (height, width):  # MaskCLIP++ resizes the soft masks first
-                    merge_masks = torch.nn.functional.interpolate(mask_probs, size=(height, width), mode="bilinear",
-                                                                  align_corners=False)[0]
                 semantic_ids = semantic_inference(merge_masks, class_probs).to(torch.int32)
+        if instances_on:
+            with timer.stage("instance_inference"):
+                instance_out = instance_inference(merge_masks, class_probs, state.is_thing)
         with timer.stage("to_host"):
             panoptic_np = panoptic.cpu().numpy()
             semantic_np = semantic.cpu().numpy()
@@ -323,6 +330,7 @@ class Segmenter:
             vocabulary_version=state.version,
             timings_ms=timer.timings_ms,
             semantic_inference=None if semantic_ids is None else semantic_ids.cpu().numpy(),
+            instances=None if instance_out is None else InstanceResult(*(t.cpu().numpy() for t in instance_out)),
         )
 
     def describe(self) -> dict:

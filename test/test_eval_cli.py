@@ -15,7 +15,7 @@ import yaml
 import ovs_ros.segmenter as segmenter_module
 from ovs_ros.eval_cli import main, published_numbers
 from ovs_ros.evaluation.datasets import load_dataset
-from ovs_ros.results import PanopticResult, SegmentInfo
+from ovs_ros.results import InstanceResult, PanopticResult, SegmentInfo
 from test_eval_datasets import write_layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +63,7 @@ class OracleSegmenter:
         self.vocabulary = dataset.vocabulary
         self.generator = SimpleNamespace(config=SimpleNamespace(class_synonyms=[["wall"], ["person"]]))
         self.gt = {}
+        self.calls = []
         k = dataset.num_classes
         for sample in dataset.samples:
             rgb = sample.load_image()
@@ -76,10 +77,17 @@ class OracleSegmenter:
                 segments.append(SegmentInfo(n, (seg.category + shift_here) % k, "x", 1.0, True, int(seg.area or 0),
                                             (0, 0, 1, 1)))
             semantic = np.where(sem == dataset.ignore_label, 0, (sem + shift_here) % k).astype(np.int32)
-            self.gt[rgb.tobytes()] = PanopticResult(panoptic, semantic, segments, k, semantic_inference=semantic)
+            things = [seg for seg in sample.segments or () if dataset.is_thing[seg.category] and not seg.iscrowd]
+            instances = InstanceResult(np.ones(len(things), np.float32),
+                                       np.array([(seg.category + shift_here) % k for seg in things], np.int64),
+                                       np.array([ids == seg.id for seg in things]).reshape(-1, *ids.shape))
+            self.gt[rgb.tobytes()] = PanopticResult(panoptic, semantic, segments, k, semantic_inference=semantic,
+                                                    instances=instances)
 
-    def segment(self, rgb, *, semantic=False):
-        return self.gt[rgb.tobytes()]
+    def segment(self, rgb, *, semantic=False, instances=False):
+        result = self.gt[rgb.tobytes()]
+        self.calls.append((semantic, instances))
+        return result
 
     def describe(self):
         return {"oracle": True}
@@ -106,13 +114,16 @@ def test_ground_truth_scores_100_and_shifted_classes_score_0(name, tmp_path, ora
     metrics = _report(tmp_path / "perfect")["metrics"]
     expected = ["mIoU", "pACC", "mACC", "fwIoU"] if dataset.has_semantic else []
     expected += ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"] if dataset.has_panoptic else []
+    expected += ["AP", "AP50", "AP75"] if dataset.has_instances else []
+    assert dataset.has_instances == (name in ("ade20k_150_panoptic", "coco_panoptic"))
     assert set(expected) <= set(metrics) and ("mIoU" in metrics) == dataset.has_semantic
     for key in expected:
         assert metrics[key] == pytest.approx(100.0), key
     oracle(dataset, shift=1)
     assert _run(tmp_path, name, tmp_path / "shifted") == 0
     metrics = _report(tmp_path / "shifted")["metrics"]
-    for key in (["mIoU", "pACC"] if dataset.has_semantic else []) + (["PQ"] if dataset.has_panoptic else []):
+    for key in ((["mIoU", "pACC"] if dataset.has_semantic else []) + (["PQ"] if dataset.has_panoptic else [])
+                + (["AP"] if dataset.has_instances else [])):
         assert metrics[key] == 0.0, key
 
 

@@ -22,7 +22,8 @@ def _write_image(path: Path, rng) -> None:
 
 
 def write_panoptic_split(image_dir, pan_dir, json_path, sem_dir, vocabulary, *, num_images=3, seed=0,
-                         crowd=False, id_of=None, sem_void=255, image_name=None, label_name=None):
+                         crowd=False, id_of=None, sem_void=255, image_name=None, label_name=None,
+                         instances_json=None, int_ids=False):
     """COCO-format panoptic PNGs + json (+ semantic PNGs made as prepare_coco_semantic_annos_from_panoptic_annos:
     every segment, crowd included, as its class index; unlabeled 255). Returns the per-image class-index maps."""
     rng = np.random.default_rng(seed)
@@ -30,11 +31,12 @@ def write_panoptic_split(image_dir, pan_dir, json_path, sem_dir, vocabulary, *, 
     pan_dir.mkdir(parents=True, exist_ok=True)
     if sem_dir is not None:
         sem_dir.mkdir(parents=True, exist_ok=True)
-    annotations, images, semantic_maps = [], [], []
+    annotations, images, semantic_maps, instances = [], [], [], []
     things = np.nonzero(vocabulary.is_thing)[0]
     stuffs = np.nonzero(vocabulary.is_stuff)[0]
     for n in range(num_images):
         stem = f"img_{n:04d}"
+        image_id = n + 1 if int_ids else stem  # COCO image ids are ints, ADE's strings
         label_file = f"{stem}.png" if label_name is None else label_name(stem)
         _write_image(image_dir / (f"{stem}.jpg" if image_name is None else image_name(stem)), rng)
         ids = np.zeros((H, W), dtype=np.int64)
@@ -58,12 +60,25 @@ def write_panoptic_split(image_dir, pan_dir, json_path, sem_dir, vocabulary, *, 
         Image.fromarray(id2rgb(ids)).save(pan_dir / label_file)
         if sem_dir is not None:
             Image.fromarray(sem).save(sem_dir / label_file)
-        annotations.append({"image_id": stem, "file_name": label_file, "segments_info": segments})
-        images.append({"id": stem, "file_name": f"{stem}.jpg", "width": W, "height": H})
+        annotations.append({"image_id": image_id, "file_name": label_file, "segments_info": segments})
+        images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": W, "height": H})
+        for seg in segments:  # instance annotations as prepare_ade20k_ins_seg.py writes them (RLE, things only)
+            index = next(i for i in range(len(vocabulary)) if id_of(i) == seg["category_id"])
+            if vocabulary[index].is_thing:
+                from pycocotools import mask as mask_util
+
+                rle = mask_util.encode(np.asfortranarray((ids == seg["id"])[:, :, None].astype(np.uint8)))[0]
+                rle["counts"] = rle["counts"].decode()
+                instances.append({"id": len(instances) + 1, "image_id": image_id, "category_id": seg["category_id"],
+                                  "iscrowd": seg["iscrowd"], "segmentation": rle, "area": int(mask_util.area(rle)),
+                                  "bbox": [float(v) for v in mask_util.toBbox(rle)]})
         semantic_maps.append(np.where(ids == 0, sem_void, sem).astype(np.int64))
     categories = [{"id": int(id_of(i)), "name": e.label, "isthing": int(e.is_thing)} for i, e in enumerate(vocabulary)]
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    if instances_json is not None:
+        things = [c for c in categories if c["isthing"]]
+        instances_json.write_text(json.dumps({"images": images, "annotations": instances, "categories": things}))
     return semantic_maps
 
 
@@ -90,14 +105,16 @@ def write_layout(name, root, *, num_images=3, seed=0, vocabulary=None):
         base = root / "ADEChallengeData2016"
         maps = write_panoptic_split(base / "images/validation", base / "ade20k_panoptic_val",
                                     base / "ade20k_panoptic_val.json", base / "annotations_detectron2/validation",
-                                    vocab, num_images=num_images, seed=seed)
+                                    vocab, num_images=num_images, seed=seed,
+                                    instances_json=base / "ade20k_instance_val.json")
         return vocab, maps
     if name == "coco_panoptic":
         vocab = load_vocabulary(vocabulary, "coco_panoptic")
         base = root / "coco"
         maps = write_panoptic_split(base / "val2017", base / "panoptic_val2017",
                                     base / "annotations/panoptic_val2017.json", base / "panoptic_semseg_val2017",
-                                    vocab, num_images=num_images, seed=seed, crowd=True)
+                                    vocab, num_images=num_images, seed=seed, crowd=True, int_ids=True,
+                                    instances_json=base / "annotations/instances_val2017.json")
         return vocab, maps
     if name == "cityscapes_panoptic":
         vocab = load_vocabulary(vocabulary, "cityscapes")
@@ -150,7 +167,8 @@ def test_reader_reads_its_layout(name, tmp_path):
     _, maps = write_layout(name, tmp_path, vocabulary=None if extra is None else extra)
     ds = load_dataset(name, tmp_path, extra)
     assert ds.name == name and len(ds) == 3
-    assert [s.image_id for s in ds.samples] == ["img_0000", "img_0001", "img_0002"]
+    expected_ids = ["1", "2", "3"] if name == "coco_panoptic" else ["img_0000", "img_0001", "img_0002"]  # COCO: ints
+    assert [s.image_id for s in ds.samples] == expected_ids
     for sample, expected in zip(ds.samples, maps):
         assert sample.load_image().shape == (H, W, 3)
         if ds.has_semantic:

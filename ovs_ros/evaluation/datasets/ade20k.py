@@ -4,6 +4,7 @@ Layouts (MaskCLIP++ `register_ade20k_panoptic.py`, `register_ade20k_full.py`; `d
   ADEChallengeData2016/images/validation/*.jpg
   ADEChallengeData2016/ade20k_panoptic_val/*.png + ade20k_panoptic_val.json   (category ids 0..149 = class index)
   ADEChallengeData2016/annotations_detectron2/validation/*.png                (class index, ignore 255)
+  ADEChallengeData2016/ade20k_instance_val.json                               (instances, for AP; optional)
   ADE20K_2021_17_01/images_detectron2/validation/*.jpg
   ADE20K_2021_17_01/annotations_detectron2/validation/*.tif                   (16-bit class index, ignore 65535)
 Every ADE20K panoptic segment is `iscrowd: 0` (prepare_ade20k_pan_seg.py).
@@ -27,7 +28,8 @@ def ade20k_150_panoptic(root: Union[str, Path], vocabulary: VocabArg = None) -> 
     check_vocabulary_size(vocab, 150, "ADE20K-150")
     return coco_panoptic_dataset("ade20k_150_panoptic", vocab, base / "images" / "validation",
                                  base / "ade20k_panoptic_val", base / "ade20k_panoptic_val.json",
-                                 base / "annotations_detectron2" / "validation")
+                                 base / "annotations_detectron2" / "validation",
+                                 instances_json=base / "ade20k_instance_val.json")
 
 
 def ade20k_150(root: Union[str, Path], vocabulary: VocabArg = None) -> EvalDataset:

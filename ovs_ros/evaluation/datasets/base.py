@@ -67,6 +67,7 @@ class EvalDataset:
     has_semantic: bool = True
     has_panoptic: bool = False
     is_thing: Optional[Tuple[bool, ...]] = None  # per class, for PQ averaging (from the panoptic json)
+    instances_json: Optional[Path] = None  # where the reference keeps COCO-format instance annotations (mask AP)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -74,6 +75,11 @@ class EvalDataset:
     @property
     def num_classes(self) -> int:
         return len(self.vocabulary)
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether mask AP can be measured: the split has instance annotations and the file is there."""
+        return self.instances_json is not None and self.instances_json.is_file()
 
 
 def read_label_map(path: PathLike) -> np.ndarray:
@@ -147,7 +153,8 @@ def semantic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, gt_dir:
 
 def coco_panoptic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, panoptic_dir: Path, panoptic_json: Path,
                           semantic_dir: Optional[Path], *, ignore_label: int = 255,
-                          image_of: Optional[Callable[[dict], Path]] = None) -> EvalDataset:
+                          image_of: Optional[Callable[[dict], Path]] = None,
+                          instances_json: Optional[Path] = None) -> EvalDataset:
     """A COCO-format panoptic split (detectron2 `load_coco_panoptic_json` / MaskCLIP++ `load_ade20k_panoptic_json`):
     image `<stem>.jpg` (or `image_of(annotation)`), label `file_name` in `panoptic_dir`, semantic label of the same
     name in `semantic_dir`."""
@@ -191,7 +198,8 @@ def coco_panoptic_dataset(name: str, vocabulary: Vocabulary, image_dir: Path, pa
             require(path, "first sample file")  # as the references assert on the first entry
     return EvalDataset(name, vocabulary, tuple(samples), ignore_label=ignore_label,
                        has_semantic=semantic_dir is not None,
-                       has_panoptic=True, is_thing=tuple(is_thing))
+                       has_panoptic=True, is_thing=tuple(is_thing),
+                       instances_json=instances_json)
 
 
 def load_vocabulary(name_or_path: Union[str, Path, Vocabulary, None], default: str) -> Vocabulary:

@@ -6,6 +6,7 @@ Layout (MaskCLIP++ `register_coco_panoptic_annos_semseg.py`,
   coco/panoptic_val2017/*.png + coco/annotations/panoptic_val2017.json   (category ids 1..200 with gaps)
   coco/panoptic_semseg_val2017/*.png                                      (class index 0..132 in category order, every
                                                                            segment incl. crowd; unlabeled 255)
+  coco/annotations/instances_val2017.json                                (instances, for AP; optional)
 Crowd segments (`iscrowd: 1`) are handled in PQ as panopticapi does.
 """
 from __future__ import annotations
@@ -25,4 +26,5 @@ def coco_panoptic(root: Union[str, Path], vocabulary: VocabArg = None) -> EvalDa
     vocab = load_vocabulary(vocabulary, "coco_panoptic")
     check_vocabulary_size(vocab, 133, "COCO panoptic")
     return coco_panoptic_dataset("coco_panoptic", vocab, base / "val2017", base / "panoptic_val2017",
-                                 base / "annotations" / "panoptic_val2017.json", base / "panoptic_semseg_val2017")
+                                 base / "annotations" / "panoptic_val2017.json", base / "panoptic_semseg_val2017",
+                                 instances_json=base / "annotations" / "instances_val2017.json")
