@@ -38,8 +38,10 @@ EXTRAS = {
     ],
     "tensorrt": ["torch-tensorrt"],
     "weights": ["gdown>=5"],  # `ovs-weights download` of Google Drive files (MaskCLIP++, FC-CLIP, MAFT+)
+    "eval": ["pycocotools>=2.0.7"],  # ovs-eval's mask AP (COCOeval, as detectron2 / MaskCLIP++ measure it)
     "dev": [
         "pytest>=7",
+        "pycocotools>=2.0.7",
         "pytest-timeout",
         "ruff",
         "transformers>=4.40",

@@ -223,6 +223,10 @@ def instance_image_ids(dataset, disabled: bool) -> Optional[Dict[str, object]]:
     is not measured (no annotations, or `--no-ap`). An evaluated image missing from them is an error."""
     if disabled or not dataset.has_instances:
         return None
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError as exc:
+        raise EvalError("mask AP needs pycocotools: pip install 'ovs_ros[eval]' (or pass --no-ap)") from exc
     with open(dataset.instances_json) as f:
         ids = {str(img["id"]): img["id"] for img in json.load(f)["images"]}
     missing = [s.image_id for s in dataset.samples if s.image_id not in ids][:5]

@@ -234,3 +234,16 @@ def test_docs_list_every_dataset_and_the_cards_numbers():
     for config_name, pq, miou, ap in rows:
         pub = published_numbers(load_segmenter_config(config_name), "ade20k_150_panoptic")
         assert (pub["PQ"]["value"], pub["mIoU"]["value"], pub["AP"]["value"]) == (float(pq), float(miou), float(ap))
+
+
+def test_no_ap_skips_instances_and_the_cache_knows(tmp_path, oracle):
+    write_layout("ade20k_150_panoptic", tmp_path / "data", num_images=2)
+    fake = oracle(load_dataset("ade20k_150_panoptic", tmp_path / "data"))
+    assert _run(tmp_path, "ade20k_150_panoptic", tmp_path / "out", "--no-ap") == 0
+    assert "AP" not in _report(tmp_path / "out")["metrics"] and fake.calls == [(True, False)] * 2
+    assert _run(tmp_path, "ade20k_150_panoptic", tmp_path / "out") == 1  # a cache without detections is refused
+    assert _run(tmp_path, "ade20k_150_panoptic", tmp_path / "out", "--fresh") == 0
+    assert _report(tmp_path / "out")["metrics"]["AP"] == pytest.approx(100.0) and fake.calls[-1] == (True, True)
+    (tmp_path / "data/ADEChallengeData2016/ade20k_instance_val.json").unlink()  # AP not measured, with a warning
+    assert _run(tmp_path, "ade20k_150_panoptic", tmp_path / "out2") == 0
+    assert "AP" not in _report(tmp_path / "out2")["metrics"] and "PQ" in _report(tmp_path / "out2")["metrics"]
