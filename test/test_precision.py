@@ -138,3 +138,19 @@ def test_realtime_architecture_fp16_and_bf16_match_fp32_on_a_photo():
     fp16 mask max 0.0026 / mean 0.00024, class max 1.2e-4, 99.88 % of pixels agree; bf16 0.0092 / 0.0014, 2.7e-4,
     99.63 %."""
     _compare("eva02_b16_swin_tiny_random", {"template_set": "t1", "vocabulary": "coco_panoptic"}, decisive=False)
+
+
+def test_benchmark_and_export_take_precision_and_set(capsys, caplog, tmp_path):
+    from ovs_ros.benchmark import main as benchmark_main
+    from ovs_ros.cli import export_main
+
+    code = benchmark_main(["--config", "tiny", "--device", "cpu", "--iterations", "1", "--warmup", "0",
+                           "--switch-vocabulary", "", "--postprocess-size", "0", "--precision", "fp16",
+                           "--set", "generator.input_short_side=128"])
+    assert code == 0 and "precision fp32" in capsys.readouterr().out  # fp16 asked, CPU: fp32
+    with caplog.at_level(logging.ERROR):
+        assert export_main(["--config", "tiny", "--out-dir", str(tmp_path), "--precision", "fp16"]) == 2
+    assert "writes fp32 ONNX graphs" in caplog.text and not list(tmp_path.iterdir())
+    with caplog.at_level(logging.ERROR):
+        assert export_main(["--config", "tiny", "--out-dir", str(tmp_path), "--set", "no_such_key=1"]) == 2
+    assert "unknown key" in caplog.text
