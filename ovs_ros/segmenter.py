@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,11 +39,12 @@ from ovs_ros.preprocess import (
     ResizeSpec,
     clip_source,
     generator_mask_probs,
-    image_to_tensor,
     masks_to_clip_frame,
     prepare_branch,
 )
 from ovs_ros.results import InstanceResult, PanopticResult
+from ovs_ros.stage_timer import StageTimer
+from ovs_ros.upload import FrameUploader
 from ovs_ros.segmenter_config import SegmenterConfig, apply_card_defaults, load_segmenter_config
 from ovs_ros.text_cache import TextEmbeddingCache, VocabularyEmbeddings
 from ovs_ros.models.clip import mask_class_logits
@@ -72,22 +71,6 @@ class VocabularyState:
     fcclip: Optional[object] = None  # FCCLIPVocabulary when the generator is FC-CLIP (its own text tower)
 
 
-class StageTimer:
-    """Wall-clock per stage; synchronises CUDA so a stage's time is its own."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sync = device.type == "cuda"
-        self.timings_ms: Dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        if self.sync:
-            torch.cuda.synchronize()
-        self.timings_ms[name] = (time.perf_counter() - start) * 1000.0
-
-
 class Segmenter:
     """Open-vocabulary panoptic segmentation of one RGB frame at a time."""
 
@@ -102,12 +85,13 @@ class Segmenter:
         self.psm = models.psm
         self.template_set = models.template_set or config.template_set
         self.uses_pretrained_weights = models.uses_pretrained_weights
-        self.backend = config.backend
-        if config.backend == "onnxruntime":
-            from ovs_ros.engines import build_onnxruntime_engines
+        self._upload = FrameUploader(self.device)
+        # One CUDA stream per Segmenter: frames of two Segmenters (two cameras) overlap on one GPU.
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        from ovs_ros.backends import attach_backend
 
-            engines = build_onnxruntime_engines(config, self.generator, self.classifier, self.device)
-            self.generator, self.classifier = engines.generator, engines.classifier
+        self.generator, self.classifier, self.backend = attach_backend(
+            config, self.generator, self.classifier, self.device, self.dtype)
         self._generator_spec = ResizeSpec(
             short_side=config.generator.input_short_side,
             max_long_side=config.generator.max_long_side,
@@ -169,8 +153,10 @@ class Segmenter:
 
     @torch.inference_mode()
     def _encode_sentences(self, sentences: List[str]) -> torch.Tensor:
-        tokens = self.classifier.tokenize(sentences).to(self.device)
-        return self.classifier.encode_text(tokens).float()
+        # classifier "fcclip" (FC-CLIP alone) has no text tower of its own: FC-CLIP's CLIP encodes the vocabulary
+        tower = self.generator.backbone if getattr(self, "_classifier_in_generator", False) else self.classifier
+        tokens = tower.tokenize(sentences).to(self.device)
+        return tower.encode_text(tokens).float()
 
     def set_vocabulary(
         self, vocabulary: Union[Vocabulary, Sequence[str], str, Path], template_set: Optional[str] = None
@@ -229,7 +215,12 @@ class Segmenter:
         """
         self.validate_image(rgb)
         try:
-            return self._segment(rgb, semantic, instances)
+            if self._stream is None:
+                return self._segment(rgb, semantic, instances)
+            # Work queued elsewhere (a vocabulary change's text encoding) is done before this stream uses it.
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                return self._segment(rgb, semantic, instances)
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise SegmenterOutOfMemoryError(
@@ -244,7 +235,7 @@ class Segmenter:
         timer = StageTimer(self.device)
         height, width = rgb.shape[:2]
         with timer.stage("preprocess"):
-            image_01 = image_to_tensor(rgb, self.device)
+            image_01 = self._upload(rgb)
             gen_in = prepare_branch(
                 image_01, self._generator_spec, self.generator.pixel_mean_01, self.generator.pixel_std_01, self.dtype
             )
@@ -321,6 +312,7 @@ class Segmenter:
                 segment_boxes=boxes,
                 labels=state.labels,
             )
+        timer.finish()  # CUDA: the stage events, read after the frame's last copy to the host
         timer.timings_ms["total"] = sum(timer.timings_ms.values())
         return PanopticResult(
             panoptic=panoptic_np,
