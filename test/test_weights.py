@@ -187,3 +187,8 @@ def test_cli_download_of_a_config(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / "mask2former-swin-tiny-coco-panoptic.safetensors") in out
     assert weights_cli.main(["--weights-dir", str(tmp_path), "download", "no_such_card"]) == 1
+
+
+def test_open_clip_base_fetch_names_the_known_tags_for_a_wrong_one():
+    with pytest.raises(weights.WeightsDownloadError, match="merged2b_s8b_b131k"):
+        weights.fetch_open_clip_base("EVA02-B-16", "no_such_tag", False)
