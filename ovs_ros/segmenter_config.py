@@ -17,6 +17,7 @@ LOG = logging.getLogger(__name__)
 
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("eager", "onnxruntime", "compiled", "tensorrt", "auto")
 PROFILES = ("reference", "fast", "random")
 
 
@@ -76,16 +77,23 @@ class SegmenterConfig:
     max_image_pixels: int = 4096 * 4096  # larger frames are refused (a clear ValueError), not resized
     max_vocabulary_classes: int = 1000
     num_threads: Optional[int] = None  # torch CPU threads; None = torch default
-    backend: str = "eager"  # eager | onnxruntime (fixed-shape ONNX engines: needs both fixed_hw; see engines.py)
+    # eager | onnxruntime (fixed-shape ONNX engines, engines.py) | compiled (torch.compile, compiled_engines.py) |
+    # tensorrt (tensorrt_engines.py) | auto (tensorrt > compiled > eager on CUDA, eager on the CPU). Every engine
+    # backend runs fixed shapes: it needs generator.fixed_hw and classifier.fixed_hw.
+    backend: str = "eager"
     engine_cache_dir: Optional[str] = None  # exported engines; None = ~/.cache/ovs_ros/engines
+    compile_mode: Optional[str] = None  # torch.compile mode; None = reduce-overhead (CUDA graphs) on CUDA, default
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: capture only, no code generation)
+    tensorrt_generator_plan: Optional[str] = None  # trtexec engines (Jetson) instead of building with torch-tensorrt
+    tensorrt_classifier_plan: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.profile is not None and self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        if self.backend not in ("eager", "onnxruntime"):
-            raise ConfigError(f"backend must be eager or onnxruntime, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "onnxruntime":
             # classifier "fcclip" (FC-CLIP alone) has no image path of its own: its embeddings come from the generator
             missing = [name for name, section in (("generator", self.generator), ("classifier", self.classifier))

@@ -18,7 +18,7 @@ RELIABILITIES = ("best_effort", "reliable")
 INPUT_RELIABILITIES = ("auto",) + RELIABILITIES  # auto: match the publishers (input.py)
 SEMANTIC_ENCODINGS = ("16UC1", "mono8")  # mono8: the Nav2 semantic segmentation layer's class image
 INPUT_MODES = ("raw", "compressed")
-BACKENDS = ("eager", "onnxruntime")
+BACKENDS = ("eager", "onnxruntime", "compiled", "tensorrt")  # "auto" resolves to one of these
 # vision_msgs convention (max value of the id type = UNLABELED) vs Nav2 semantic layer / opennav (0 = nothing).
 SEMANTIC_VOID_VALUES = (0, 65535)
 MAX_SEMANTIC_CLASSES = 65534  # 16UC1 leaves 65535 values besides void
@@ -47,7 +47,8 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("device", "", "Torch device override (cpu, cuda, cuda:N, auto); empty = the segmenter config's.",
               read_only=True, pattern=r"(|auto|cpu|cuda(:[0-9]+)?)"),
     ParamSpec("backend", "",
-              "Backend the segmenter must run (eager or onnxruntime); start-up fails if the config runs another. "
+              "Backend the segmenter must run (eager, onnxruntime, compiled or tensorrt); start-up fails if the config "
+              "runs another. "
               "Empty = any.",
               read_only=True, choices=("",) + BACKENDS),
     ParamSpec("precision", "", "fp32, fp16 or bf16; empty = the segmenter config's.", read_only=True,
