@@ -249,7 +249,13 @@ class Segmenter:
             gen_class_logits = (generated.class_logits[0].float() if self._fcclip is None
                                 else self._fcclip.in_vocabulary_logits(generated, state.fcclip))
         with timer.stage("mask_resample"):
-            mask_probs = generator_mask_probs(generated.mask_logits, gen_in)  # [1, Q, h, w] float32
+            if self._classifier_in_generator:  # FC-CLIP alone: its own chain (logits resized, then sigmoid)
+                from ovs_ros.models.fcclip.runtime import fcclip_mask_probs
+
+                mask_probs = fcclip_mask_probs(generated.mask_logits, gen_in.pixel_values.shape[-2:], gen_in.valid_hw,
+                                               (height, width))
+            else:
+                mask_probs = generator_mask_probs(generated.mask_logits, gen_in)  # [1, Q, h, w] float32
             clip_masks = None if clip_in is None else masks_to_clip_frame(mask_probs, clip_in).to(self.dtype)
         if self._classifier_in_generator:  # FC-CLIP alone: its out-of-vocabulary branch, its own ensemble
             with timer.stage("ensemble"):

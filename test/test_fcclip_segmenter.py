@@ -2,15 +2,18 @@
 classifier, through the ONNX engines, and the shipped configs' reference settings. CPU, random weights."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from ovs_ros.models.fcclip import FCCLIPConfig, FCCLIPGenerator, fcclip_ensemble_probs, synonym_text_classifier
 from ovs_ros.models.fcclip.convert import convert_fcclip_state_dict, to_released_state_dict
-from ovs_ros.models.fcclip.runtime import FCCLIP_TEMPLATE_SET
+from ovs_ros.models.fcclip.runtime import FCCLIP_TEMPLATE_SET, fcclip_mask_probs
 from ovs_ros.postprocess import masks_for_merge, panoptic_merge
-from ovs_ros.preprocess import generator_mask_probs, image_to_tensor, prepare_branch
+from ovs_ros.preprocess import image_to_tensor, prepare_branch
 from ovs_ros.segmenter import Segmenter
 from ovs_ros.segmenter_config import load_segmenter_config
 from ovs_ros.templates import get_templates
@@ -73,7 +76,8 @@ def test_alone_equals_a_hand_written_fcclip_pipeline(alone):
         seen = torch.tensor([not {n for c in gen.config.class_synonyms for n in c}.isdisjoint(names)
                              for names in vocab.names])
         probs = fcclip_ensemble_probs(in_logits, out_logits, seen, 0.4, 0.8)
-        masks = masks_for_merge(generator_mask_probs(out.mask_logits, gen_in), rgb.shape[:2])[0]
+        masks = masks_for_merge(fcclip_mask_probs(out.mask_logits, gen_in.pixel_values.shape[-2:], gen_in.valid_hw,
+                                                  rgb.shape[:2]), rgb.shape[:2])[0]
         merged = panoptic_merge(masks, probs, torch.tensor(vocab.is_thing), object_mask_threshold=0.0,
                                 overlap_threshold=0.8)
     assert [s.class_index for s in result.segments] == merged.segment_class.tolist()
@@ -231,3 +235,43 @@ def test_ovs_export_of_fcclip_alone_writes_the_generator_engine_only(tmp_path, c
     assert [o["name"] for o in info["generator"]["outputs"]] == ["mask_logits", "class_embeddings",
                                                                  "clip_mask_embeddings"]
     assert "generator.onnx" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ the reference fixture, end to end
+FIXTURE = Path(os.environ.get(
+    "OVS_FCCLIP_FIXTURE", Path(__file__).resolve().parents[2] / "shared" / "data" / "fixtures" / "fcclip_tiny_ref.pt"))
+
+
+@pytest.mark.skipif(not FIXTURE.is_file(), reason=f"FC-CLIP reference fixture not found at {FIXTURE}")
+def test_segmenter_reproduces_fcclip_panoptic_and_semantic_results(tmp_path):
+    """`Segmenter.from_config` with the fixture's weights (a released-layout .pth), training and test vocabularies
+    and its image at its own size: FC-CLIP's panoptic map, segments and semantic argmax, exactly."""
+    import yaml
+
+    ref = torch.load(FIXTURE, weights_only=True)
+    voc = ref["vocabulary"]
+    pth = tmp_path / "fcclip_tiny.pth"
+    torch.save(ref["checkpoint"], pth)
+    train = tmp_path / "train.yaml"
+    train.write_text(yaml.safe_dump({"classes": [{"names": c.replace(", ", ",").split(",")}
+                                                 for c in voc["train_classes"]]}))
+    things = set(voc["thing_dataset_id_to_contiguous_id"].values())
+    test_classes = [c if k in things else "stuff:" + c for k, c in enumerate(voc["test_classes"])]
+    h, w = ref["inputs"]["image_sizes"][0]
+    seg = Segmenter.from_config({
+        "profile": "random",
+        "generator": {"architecture": "fcclip/tiny", "checkpoint": str(pth), "training_vocabulary": str(train),
+                      "input_short_side": h, "max_long_side": w},
+        "classifier": {"model_name": "fcclip"},
+        "vocabulary": test_classes, "template_set": "t14", "ensemble_alpha": 0.4, "ensemble_beta": 0.8,
+        "object_mask_threshold": 0.0, "overlap_threshold": 0.8, "device": "cpu", "precision": "fp32",
+        "text_cache_dir": None,
+    })
+    assert seg._current().fcclip.seen.long().tolist() == voc["category_overlapping_mask"].tolist()
+    rgb = ref["inputs"]["image"].permute(1, 2, 0).numpy()
+    result = seg.segment(rgb, semantic=True)
+    post = ref["outputs"]["postprocess"]
+    np.testing.assert_array_equal(result.panoptic, post["panoptic_seg"].numpy())
+    assert [dict(id=s.id, isthing=s.is_thing, category_id=s.class_index) for s in result.segments] == \
+        post["segments_info"]
+    np.testing.assert_array_equal(result.semantic_inference, post["sem_seg"].argmax(0).numpy())

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ovs_ros.text_cache import TextEmbeddingCache
@@ -21,6 +22,24 @@ from .classification import synonym_text_classifier
 from .ensemble import fcclip_ensemble_probs
 
 FCCLIP_TEMPLATE_SET = "t14"  # FC-CLIP's VILD_PROMPT (fcclip/fcclip.py:26-41), the same 14 strings in the same order
+
+
+def fcclip_mask_probs(mask_logits: Tensor, padded_hw, valid_hw, output_hw) -> Tensor:
+    """FC-CLIP's own mask chain (`fcclip.py:404-423`, detectron2 `sem_seg_postprocess`): the stride-4 *logits* are
+    resized bilinearly to the padded input, cropped to the valid size, resized to the output size, and only then
+    passed through the sigmoid (MaskCLIP++, and the Segmenter's default chain, take the sigmoid first; on the
+    reference fixture the two orders give different panoptic maps at ~0.2 % of the pixels).
+
+    An output larger than the generator frame keeps the frame (the Segmenter then resizes the id map, as for every
+    generator: Q full-resolution masks would not fit). Returns `[B, Q, H, W]` float32 probabilities.
+    """
+    x = F.interpolate(mask_logits.float(), size=tuple(padded_hw), mode="bilinear", align_corners=False)
+    h, w = int(valid_hw[0]), int(valid_hw[1])
+    x = x[:, :, :h, :w]
+    out_h, out_w = int(output_hw[0]), int(output_hw[1])
+    if (out_h, out_w) != (h, w) and out_h * out_w <= h * w:
+        x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    return x.sigmoid()
 
 
 @dataclass(frozen=True)
