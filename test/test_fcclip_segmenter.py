@@ -275,3 +275,14 @@ def test_segmenter_reproduces_fcclip_panoptic_and_semantic_results(tmp_path):
     assert [dict(id=s.id, isthing=s.is_thing, category_id=s.class_index) for s in result.segments] == \
         post["segments_info"]
     np.testing.assert_array_equal(result.semantic_inference, post["sem_seg"].argmax(0).numpy())
+
+
+def test_both_text_towers_persist_under_their_own_fingerprints(tmp_path):
+    seg = Segmenter.from_config("fcclip_tiny_random", {**PAIRING, "text_cache_dir": str(tmp_path),
+                                                       "vocabulary": ["person", "stuff:sky"]})
+    dirs = {seg._fcclip.text_cache.model_dir, seg.text_cache.model_dir}
+    assert len(dirs) == 2 and all((d / "t14.safetensors").is_file() for d in dirs)
+    again = Segmenter.from_config("fcclip_tiny_random", {**PAIRING, "text_cache_dir": str(tmp_path),
+                                                         "vocabulary": ["person", "stuff:sky"]})
+    assert again._fcclip.text_cache.stats["sentences_encoded"] == 0  # FC-CLIP's phrases come from disk
+    assert again.text_cache.stats["sentences_encoded"] == 0
