@@ -1,2 +1,2 @@
-"""Model code (torch and numpy only: no ROS, no training): the Mask2Former mask generator (`mask2former`) and the
-CLIP classifier (`clip`)."""
+"""Model code (torch and numpy only: no ROS, no training): the Mask2Former mask generator (`mask2former`), the FC-CLIP
+mask generator (`fcclip`) and the CLIP classifier (`clip`)."""
