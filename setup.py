@@ -20,6 +20,7 @@ RUNTIME = [
     "safetensors>=0.4",
     "tqdm>=4.60",
     "huggingface_hub>=0.20",
+    "pillow>=9",  # the evaluation readers (PNG/TIF label maps)
 ]
 EXTRAS = {
     # ROS 2 client library from PyPI wheels (any distro's apt install works as well; then skip this extra).
@@ -48,7 +49,6 @@ EXTRAS = {
         "scipy",
         "onnx",
         "onnxruntime",
-        "torchmetrics",
         "scikit-image",
         "matplotlib",
         "psutil",
@@ -66,7 +66,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/config/vocabularies", glob("config/vocabularies/*.yaml")),
+        (f"share/{PACKAGE}/config/vocabularies",
+         glob("config/vocabularies/*.yaml") + glob("config/vocabularies/*.tsv")),  # .tsv: ADE-847, PC-459 tables
         (f"share/{PACKAGE}/config/segmenter", glob("config/segmenter/*.yaml")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml")),
     ],

@@ -1,7 +1,9 @@
 """`ovs-benchmark`: where every millisecond of a frame goes, and what a vocabulary switch costs.
 
 Measures; asserts nothing. Run it on the machine you care about and paste its output into BENCHMARKS.md with the
-command line that produced it.
+command line that produced it. Stage times on CUDA come from CUDA events (stage_timer.py), read after each frame;
+`--backends eager,compiled,tensorrt` runs each backend on the same frame in one process and prints their ratios to
+the first, with peak GPU memory; `--json` writes every number.
 """
 from __future__ import annotations
 
@@ -19,7 +21,18 @@ POST_STAGES = ("ensemble", "merge")
 
 
 def _stats(values: List[float]) -> str:
-    return f"{statistics.median(values):9.2f} {min(values):9.2f} {max(values):9.2f}"
+    return f"{statistics.median(values):9.2f} {p90(values):9.2f} {min(values):9.2f} {max(values):9.2f}"
+
+
+def p90(values: List[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
+def peak_memory_mb(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def benchmark_frames(segmenter, rgb, iterations: int, warmup: int) -> Dict[str, List[float]]:
@@ -144,6 +157,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--switch-templates", default="t14")
     parser.add_argument("--postprocess-size", type=int, default=640,
                         help="frame side for the many-segments post-processing measurement (0 = skip)")
+    parser.add_argument("--backends", default="",
+                        help="comma-separated backends to compare on the same frame (e.g. eager,compiled,tensorrt); "
+                        "empty = the config's")
+    parser.add_argument("--json", default=None, help="write every number to this JSON file")
     from ovs_ros.cli import add_config_overrides, config_overrides
 
     add_config_overrides(parser)
@@ -158,21 +175,44 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.device:
         overrides["device"] = args.device
     overrides.setdefault("text_cache_dir", None)
-    segmenter = Segmenter.from_config(args.config, overrides)
     rgb = load_image(args.image)
-    print(f"config {args.config} | device {segmenter.device} | precision {segmenter.describe()['precision']} | "
-          f"torch {torch.__version__} | threads {torch.get_num_threads()} | image {rgb.shape[1]}x{rgb.shape[0]} | "
-          f"vocabulary {len(segmenter.vocabulary)} classes ({segmenter.template_set})")
-    per_stage = benchmark_frames(segmenter, rgb, args.iterations, args.warmup)
-    print(f"\n{'stage':<16}{'median ms':>10}{'min':>10}{'max':>10}")
-    for stage, values in per_stage.items():
-        print(f"{stage:<16} {_stats(values)}")
-    model_ms = sum(statistics.median(per_stage[s]) for s in MODEL_STAGES if s in per_stage)
-    post_ms = sum(statistics.median(per_stage[s]) for s in POST_STAGES if s in per_stage)
-    print(f"\nmodel time (generator+resample+classifier+similarity) {model_ms:.2f} ms; post-processing "
-          f"(ensemble+merge+semantic) {post_ms:.2f} ms = {100.0 * post_ms / max(model_ms, 1e-9):.2f} % of model time")
-    print(f"frame total median {statistics.median(per_stage['total']):.1f} ms "
-          f"({1000.0 / statistics.median(per_stage['total']):.2f} fps)")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()] or [overrides.get("backend")]
+    report: Dict[str, object] = {"config": args.config, "image": list(rgb.shape[:2]), "torch": torch.__version__,
+                                 "backends": {}}
+    segmenter = None
+    for backend in backends:
+        run_overrides = dict(overrides) if backend is None else {**overrides, "backend": backend}
+        segmenter = Segmenter.from_config(args.config, run_overrides)
+        if segmenter.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(segmenter.device)
+        print(f"config {args.config} | backend {segmenter.backend} | device {segmenter.device} | precision "
+              f"{segmenter.describe()['precision']} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+              f"image {rgb.shape[1]}x{rgb.shape[0]} | vocabulary {len(segmenter.vocabulary)} classes "
+              f"({segmenter.template_set})")
+        per_stage = benchmark_frames(segmenter, rgb, args.iterations, args.warmup)
+        print(f"\n{'stage':<16}{'median ms':>10}{'p90':>10}{'min':>10}{'max':>10}")
+        for stage, values in per_stage.items():
+            print(f"{stage:<16} {_stats(values)}")
+        model_ms = sum(statistics.median(per_stage[s]) for s in MODEL_STAGES if s in per_stage)
+        post_ms = sum(statistics.median(per_stage[s]) for s in POST_STAGES if s in per_stage)
+        total = statistics.median(per_stage["total"])
+        peak = peak_memory_mb(segmenter.device)
+        print(f"\nmodel time (generator+resample+classifier+similarity) {model_ms:.2f} ms; post-processing "
+              f"(ensemble+merge+semantic) {post_ms:.2f} ms = {100.0 * post_ms / max(model_ms, 1e-9):.2f} % of model "
+              "time")
+        print(f"frame total median {total:.1f} ms ({1000.0 / total:.2f} fps), p90 {p90(per_stage['total']):.1f} ms"
+              + ("" if peak is None else f", peak GPU memory {peak:.0f} MiB") + "\n")
+        report["backends"][segmenter.backend] = {
+            "stages": {k: {"median": statistics.median(v), "p90": p90(v)} for k, v in per_stage.items()},
+            "model_ms": model_ms, "post_ms": post_ms, "peak_memory_mb": peak}
+    if len(report["backends"]) > 1:
+        first, *_ = report["backends"]
+        base = report["backends"][first]["stages"]["total"]["median"]
+        print(f"{'backend':<12}{'total ms':>10}{'p90':>10}{'speed-up vs ' + first:>20}")
+        for name, numbers in report["backends"].items():
+            total = numbers["stages"]["total"]
+            print(f"{name:<12}{total['median']:10.2f}{total['p90']:10.2f}{base / total['median']:19.2f}x")
+    model_ms = report["backends"][segmenter.backend]["model_ms"]
     if args.postprocess_size:
         post = benchmark_postprocess(100, 150, args.postprocess_size)
         print(f"post-processing with many segments (Q=100, K=150, {args.postprocess_size}x{args.postprocess_size}, "
@@ -188,6 +228,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  warm from disk (new process)  {switch['warm_disk_ms']:10.1f} ms "
               f"({switch['warm_disk_sentences_encoded']} sentences re-encoded)")
         print(f"  Segmenter.set_vocabulary warm {switch['segmenter_swap_warm_ms']:10.3f} ms")
+        report["vocabulary_switch"] = switch
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 

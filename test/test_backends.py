@@ -225,3 +225,37 @@ def test_tensorrt_check_finds_what_the_parser_refuses(tmp_path):
     assert any("Resize (cubic3d): cubic scales more than the last 2 axes" in p for p in problems), problems
     assert not any("cubic2d" in p for p in problems), problems  # bicubic on H, W: the ViT position table's resize
     assert any("Resize (smooth): antialias" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------------------------------------- the measuring tools
+def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """The prepared GPU check, reduced to what a CPU can do quickly: its JSON and table come out."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--device", "cpu", "--configs", "tiny", "--cases", "eager:fp32,tensorrt:fp16",
+                           "--iterations", "2", "--warmup", "1", "--no-switch", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    cases = report["results"]["tiny"]
+    assert cases["eager:fp32"]["timings_ms"]["total"]["median"] > 0
+    assert "backend tensorrt needs a CUDA device" in cases["tensorrt:fp16"]["error"]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| tiny | eager | float32 |" in table and "1.00x (reference)" in table
+
+
+def test_benchmark_compares_backends_and_writes_json(tmp_path):
+    import json
+
+    from ovs_ros.benchmark import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--config", "tiny", "--iterations", "2", "--warmup", "1", "--switch-vocabulary", "",
+                 "--postprocess-size", "0", "--backends", "eager", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    total = report["backends"]["eager"]["stages"]["total"]
+    assert total["median"] > 0 and total["p90"] >= total["median"]
