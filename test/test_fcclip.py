@@ -345,3 +345,12 @@ def test_tiny_generator_shapes_and_batch():
     assert out.class_embeddings.shape == out.clip_mask_embeddings.shape == (2, 5, m.embed_dim)
     assert torch.allclose(out.mask_logits[1:], single.mask_logits, atol=1e-5)
     assert all(not p.requires_grad for p in m.backbone.parameters())
+
+
+def test_load_refuses_a_file_that_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(ValueError, match="expected a dict"):
+        load_fcclip_checkpoint(path, FCCLIPConfig.tiny(class_synonyms=[["a"]]))
+    with pytest.raises(FileNotFoundError):
+        load_fcclip_checkpoint(tmp_path / "missing.pth", FCCLIPConfig.tiny(class_synonyms=[["a"]]))

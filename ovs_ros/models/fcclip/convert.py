@@ -20,6 +20,7 @@ the configured CLIP is refused with that reason before the key lists.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Mapping, Union
 
@@ -131,7 +132,13 @@ def load_fcclip_checkpoint(path: Union[str, Path], config: FCCLIPConfig) -> FCCL
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"FC-CLIP checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # tensors and plain containers only: no code in a downloaded file can run
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path} is not a plain FC-CLIP state-dict file (torch.load with weights_only=True refused "
+                         f"it: {str(exc).splitlines()[0]})") from exc
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path}: expected a dict with a 'model' state dict, got {type(checkpoint).__name__}")
     model = FCCLIPGenerator(config)
     model.load_state_dict(convert_fcclip_state_dict(checkpoint, model), strict=True)
     return model
