@@ -286,3 +286,14 @@ def test_both_text_towers_persist_under_their_own_fingerprints(tmp_path):
                                                          "vocabulary": ["person", "stuff:sky"]})
     assert again._fcclip.text_cache.stats["sentences_encoded"] == 0  # FC-CLIP's phrases come from disk
     assert again.text_cache.stats["sentences_encoded"] == 0
+
+
+def test_half_precision_keeps_the_pixel_decoder_in_fp32():
+    """bf16 on the CPU stands in for fp16 on a GPU: the frozen CLIP and the decoder run in half precision, the
+    deformable pixel decoder in fp32 (as the reference), the logits and the ensemble in fp32."""
+    seg = Segmenter.from_config("fcclip_tiny_random", {"precision": "bf16", "precision_fallback": False})
+    assert seg.generator.backbone.clip.visual.trunk.stem[0].weight.dtype == torch.bfloat16
+    assert seg.generator.pixel_decoder.mask_features.weight.dtype == torch.float32
+    result = seg.segment(image(7), semantic=True)
+    assert result.panoptic.shape == (120, 160) and result.semantic_inference.shape == (120, 160)
+    assert all(np.isfinite(s.score) for s in result.segments)
