@@ -8,6 +8,7 @@ from typing import Optional, Union
 from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
 
 DATASET_KINDS = ("synthetic", "coco_panoptic")
+AUGMENTATIONS = ("lsj", "none")
 
 
 @dataclass
@@ -22,10 +23,16 @@ class DataConfig:
             "coco_panoptic", or a YAML path), matched to the dataset's category ids by `id`; None = the dataset's
             own names.
         num_images: synthetic only: dataset length.
-        image_size: synthetic: image side in pixels; coco_panoptic: short side of the resize before the square
-            crop of `image_size` pixels (MaskCLIP++: final feature map 32 x 32, EVA-B/16 512, EVA-L/14 448).
-        hflip: random horizontal flip (coco_panoptic).
-        num_workers: DataLoader workers (0 = in the main process).
+        image_size: synthetic: image side in pixels. With `augmentation: lsj` also the LSJ target: the square
+            crop every training image ends as (MaskCLIP++ `INPUT.IMAGE_SIZE`: EVA-B/16 512, EVA-L/14 and EVA-g/14
+            448, ConvNeXt and RN50x16 1024).
+        augmentation: "lsj" = MaskCLIP++'s `coco_panoptic_lsj` mapper: RandomFlip -> ResizeScale(min_scale..
+            max_scale of the target) -> FixedSizeCrop(target), image padded with 128, masks with void
+            (`datasets.LargeScaleJitter`); "none" = the samples as read (all images must share one size).
+        min_scale, max_scale: ResizeScale range (MaskCLIP++ 0.1, 2.0).
+        hflip: the RandomFlip of the LSJ (probability 0.5).
+        num_workers: DataLoader workers (0 = in the main process). The augmentation of each sample is drawn from
+            (seed, epoch, index), so the result does not depend on the number of workers.
     """
 
     kind: str = "synthetic"
@@ -34,6 +41,9 @@ class DataConfig:
     vocabulary: Optional[str] = None
     num_images: int = 64
     image_size: int = 96
+    augmentation: str = "lsj"
+    min_scale: float = 0.1
+    max_scale: float = 2.0
     hflip: bool = True
     num_workers: int = 0
 
@@ -44,6 +54,13 @@ class DataConfig:
             raise ConfigError("data.root is required for kind coco_panoptic")
         if self.image_size < 1 or self.num_images < 1:
             raise ConfigError("data.image_size and data.num_images must be >= 1")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"data.augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ConfigError(f"data.min_scale / max_scale must satisfy 0 < min <= max, got "
+                              f"{self.min_scale} / {self.max_scale}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -55,7 +72,11 @@ class TrainConfig:
         pretrained: open_clip tag or local file of the base CLIP weights (None = random: tests only).
         input_short_side: CLIP input size at test time, written to the model card (EVA-B 384, EVA-L 392).
         mask_prior_blocks: ViT: mask tokens enter the last N blocks (MaskCLIP++: 3).
+        recipe: name of the reference recipe this config reproduces (written to the exported card), e.g.
+            "maskclippp_coco-pan_eva-clip-vit-b-16"; None = the export name.
         psm: "linear" (ViT/EVA/RN), "pseudo_text" (ConvNeXt) or "identity".
+        psm_attention_dropout: attention dropout of the PseudoTextPSM in training (MaskCLIP++ ConvNeXt configs
+            `ATTENTION_PROBS_DROPOUT_PROB: 0.1`; no effect at inference).
         template_set: t1 | t14 | t80; belongs to the exported model card (corrections.md 8).
         train_text: the EVA `_wtext` behaviour: also tune the text tower's ln_1/ln_2, mlp, in_proj and positional
             embedding at `text_lr_multiplier` (corrections.md 17). False = text tower frozen (paper).
@@ -72,11 +93,15 @@ class TrainConfig:
         ce_temperature: logits are divided by this before the CE (MaskCLIP++ 1.0).
         amp: autocast on CUDA (bf16 where supported, else fp16 with a GradScaler); ignored on the CPU.
         device: auto | cpu | cuda | cuda:N.
-        seed: seeds model init (random-weight models), data order and synonym sampling.
+        seed: seeds model init (random-weight models), data order, augmentation and synonym sampling.
         output_dir: run folder: resolved config, TensorBoard events, checkpoints, export.
         log_every: TensorBoard / progress-bar interval in steps.
         checkpoint_every: save a training checkpoint every N steps (0 = only at the end).
+        resume: a checkpoint (`checkpoints/*.pth` of a run of this config) to continue from; the run then
+            reproduces the uninterrupted one (model, optimizer, scheduler, GradScaler, RNG states, data position).
         export_name: file stem of the exported `.safetensors` and model card.
+        ensemble_on, ensemble_alpha, ensemble_beta: the evaluation settings written to the exported card (the
+            MaskCLIP++ COCO-panoptic recipes evaluate with the ensemble off, alpha = beta = 1).
         show_progress: tqdm progress bar.
     """
 
@@ -84,7 +109,9 @@ class TrainConfig:
     pretrained: Optional[str] = None
     input_short_side: int = 384
     mask_prior_blocks: int = 3
+    recipe: Optional[str] = None
     psm: str = "linear"
+    psm_attention_dropout: float = 0.0
     template_set: str = "t14"
     train_text: bool = False
     clip_lr_multiplier: Optional[float] = None
@@ -103,7 +130,11 @@ class TrainConfig:
     output_dir: str = "runs/maskclippp"
     log_every: int = 20
     checkpoint_every: int = 5000
+    resume: Optional[str] = None
     export_name: str = "maskclippp_classifier"
+    ensemble_on: bool = False
+    ensemble_alpha: float = 1.0
+    ensemble_beta: float = 1.0
     show_progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
 
@@ -116,6 +147,12 @@ class TrainConfig:
             raise ConfigError(f"psm must be linear, pseudo_text or identity, got {self.psm!r}")
         if self.grad_clip_norm < 0 or self.base_lr <= 0 or self.ce_temperature <= 0:
             raise ConfigError("grad_clip_norm must be >= 0, base_lr and ce_temperature > 0")
+        if not 0.0 <= self.psm_attention_dropout < 1.0:
+            raise ConfigError(f"psm_attention_dropout must be in [0, 1), got {self.psm_attention_dropout}")
+        if self.psm_attention_dropout and self.psm != "pseudo_text":
+            raise ConfigError("psm_attention_dropout applies to the pseudo_text PSM only")
+        if not self.ensemble_on and (self.ensemble_alpha != 1.0 or self.ensemble_beta != 1.0):
+            raise ConfigError("ensemble_on is false, so ensemble_alpha and ensemble_beta must be 1.0 (CLIP only)")
 
 
 def load_train_config(path: Union[str, Path], **overrides) -> TrainConfig:

@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -138,11 +137,13 @@ class COCOPanopticDataset(Dataset):
         split: e.g. "train2017", "val2017".
         vocabulary: optional class names with synonyms; each category is matched by `dataset_id` (the YAML `id`)
             and the vocabulary's order gives the class index. None = the JSON category names, in JSON order.
-        transform: optional callable on the sample dict (resize/crop/flip), applied last.
+
+    Every non-crowd segment of `segments_info` gives a mask, also one the PNG does not contain (then empty), as
+    MaskCLIP++'s mapper does; the training augmentation is applied by the trainer (`AugmentedDataset`).
     """
 
     def __init__(self, root: Union[str, Path], split: str = "train2017", *,
-                 vocabulary: Optional[Vocabulary] = None, transform=None):
+                 vocabulary: Optional[Vocabulary] = None):
         self.root = Path(root)
         self.split = split
         json_path = self.root / "annotations" / f"panoptic_{split}.json"
@@ -172,7 +173,6 @@ class COCOPanopticDataset(Dataset):
                 "panoptic_path": self.root / f"panoptic_{split}" / ann["file_name"],
                 "segments_info": ann["segments_info"],
             })
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.records)
@@ -187,10 +187,7 @@ class COCOPanopticDataset(Dataset):
         for seg in rec["segments_info"]:
             if seg.get("iscrowd", 0):
                 continue
-            mask = seg_ids == int(seg["id"])
-            if not mask.any():
-                continue
-            masks.append(mask)
+            masks.append(seg_ids == int(seg["id"]))
             class_ids.append(self.category_to_class[int(seg["category_id"])])
         h, w = image.shape[:2]
         sample = {
@@ -198,34 +195,81 @@ class COCOPanopticDataset(Dataset):
             "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.bool),
             "class_ids": torch.tensor(class_ids, dtype=torch.long),
         }
-        return self.transform(sample) if self.transform is not None else sample
+        return sample
 
 
-class ResizeCropFlip:
-    """Resize the short side to `crop_size`, random square crop of `crop_size`, random horizontal flip.
+def masks_to_id_map(masks: Tensor) -> np.ndarray:
+    """`[N, H, W]` non-overlapping bool masks -> `[H, W]` int64 map (0 = no mask, i + 1 = mask i)."""
+    m = masks.numpy() if isinstance(masks, Tensor) else np.asarray(masks)
+    if m.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W], got {m.shape}")
+    if m.shape[0] and int(m.sum(0, dtype=np.int64).max()) > 1:
+        raise ValueError("masks overlap: the LSJ transform works on a panoptic id map (one segment per pixel)")
+    if m.shape[0] >= 256 ** 3 - 1:
+        raise ValueError(f"too many masks for an RGB id map: {m.shape[0]}")
+    ids = np.zeros(m.shape[1:], dtype=np.int64)
+    for i in range(m.shape[0]):
+        ids[m[i]] = i + 1
+    return ids
 
-    Simpler than MaskCLIP++'s augmentation (ResizeShortestEdge over scales / LSJ, ColorAugSSD); masks that the
-    crop empties are dropped here, masks empty on the patch grid are dropped by the loss (`ignore_empty_masks`).
+
+class LargeScaleJitter:
+    """MaskCLIP++'s `coco_panoptic_lsj` training mapper (detectron2 / Mask2Former COCO panoptic LSJ), sample-wise.
+
+    In order, as `COCOPanopticNewBaselineDatasetMapper.build_transform_gen` builds it:
+
+    1. `RandomFlip(prob=0.5, horizontal)`: flip when `rng.uniform() < 0.5` (skipped, with no draw, if `hflip` is
+       off: `INPUT.RANDOM_FLIP: none`).
+    2. `ResizeScale(min_scale, max_scale, target, target)`: `scale = rng.uniform(min, max)`, the image scaled by
+       `min(target * scale / h, target * scale / w)` to `np.round` of the scaled size; the image with PIL bilinear,
+       the segmentation with PIL nearest (detectron2 `ResizeTransform`).
+    3. `FixedSizeCrop((target, target))`: one `u = rng.uniform(0, 1)` for both axes, offset
+       `np.round(max(size - target, 0) * u)`, crop, then pad right / bottom to the target: the image with 128, the
+       segmentation with void.
+
+    The masks travel as a panoptic id map, as the reference transforms the panoptic PNG, and are re-extracted after
+    the transform; a mask the crop empties stays in the list (empty), as in the reference, and the loss drops it
+    when `ignore_empty_masks` is set (MaskCLIP++ `IGNORE_EMPTY`). Crowd segments are void in the id map, so they are
+    dropped whether before or after the transform. `rng` is a `numpy.random.Generator` the caller seeds per sample.
     """
 
-    def __init__(self, crop_size: int, *, hflip: bool = True, seed: int = 0):
-        self.crop_size = int(crop_size)
-        self.hflip = hflip
-        self.generator = torch.Generator().manual_seed(seed)
+    IMAGE_PAD_VALUE = 128
 
-    def __call__(self, sample: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        image, masks, class_ids = sample["image"], sample["masks"], sample["class_ids"]
-        h, w = image.shape[-2:]
-        scale = self.crop_size / min(h, w)
-        nh, nw = max(self.crop_size, round(h * scale)), max(self.crop_size, round(w * scale))
-        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                              antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
-        masks = F.interpolate(masks[None].float(), size=(nh, nw), mode="nearest")[0] > 0.5
-        top = int(torch.randint(0, nh - self.crop_size + 1, (1,), generator=self.generator))
-        left = int(torch.randint(0, nw - self.crop_size + 1, (1,), generator=self.generator))
-        image = image[:, top:top + self.crop_size, left:left + self.crop_size]
-        masks = masks[:, top:top + self.crop_size, left:left + self.crop_size]
-        if self.hflip and bool(torch.rand((), generator=self.generator) < 0.5):
-            image, masks = image.flip(-1), masks.flip(-1)
-        keep = masks.flatten(1).any(1)
-        return {"image": image.contiguous(), "masks": masks[keep].contiguous(), "class_ids": class_ids[keep]}
+    def __init__(self, image_size: int, *, min_scale: float = 0.1, max_scale: float = 2.0, hflip: bool = True):
+        if image_size < 1 or not 0 < min_scale <= max_scale:
+            raise ValueError(f"bad LSJ settings: image_size {image_size}, scale {min_scale}..{max_scale}")
+        self.image_size = int(image_size)
+        self.min_scale = float(min_scale)
+        self.max_scale = float(max_scale)
+        self.hflip = bool(hflip)
+
+    def __call__(self, sample: Dict[str, Tensor], rng: np.random.Generator) -> Dict[str, Tensor]:
+        from PIL import Image
+
+        image = sample["image"].permute(1, 2, 0).numpy()  # H, W, 3 uint8
+        if image.dtype != np.uint8:
+            raise ValueError(f"LSJ expects a uint8 image, got {image.dtype}")
+        n = int(sample["masks"].shape[0])
+        ids = masks_to_id_map(sample["masks"])
+        seg = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+        if self.hflip and rng.uniform() < 0.5:
+            image, seg = image[:, ::-1], seg[:, ::-1]
+        h, w = image.shape[:2]
+        target = self.image_size
+        target_scale_size = np.multiply((target, target), rng.uniform(self.min_scale, self.max_scale))
+        output_scale = np.minimum(target_scale_size[0] / h, target_scale_size[1] / w)
+        nh, nw = (int(v) for v in np.round(np.multiply((h, w), output_scale)).astype(int))
+        if nh < 1 or nw < 1:
+            raise ValueError(f"LSJ scaled a {h}x{w} image to {nh}x{nw}")
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((nw, nh), Image.BILINEAR))
+        seg = np.asarray(Image.fromarray(np.ascontiguousarray(seg)).resize((nw, nh), Image.NEAREST))
+        max_offset = np.maximum(np.subtract((nh, nw), (target, target)), 0)
+        oy, ox = (int(v) for v in np.round(np.multiply(max_offset, rng.uniform(0.0, 1.0))).astype(int))
+        image, seg = image[oy:oy + target, ox:ox + target], seg[oy:oy + target, ox:ox + target]
+        pad = ((0, target - image.shape[0]), (0, target - image.shape[1]))
+        image = np.pad(image, pad + ((0, 0),), mode="constant", constant_values=self.IMAGE_PAD_VALUE)
+        seg = np.pad(seg, pad + ((0, 0),), mode="constant", constant_values=0)  # 0 = void
+        seg_ids = rgb_to_panoptic_id(seg)
+        masks = torch.from_numpy(seg_ids[None] == np.arange(1, n + 1).reshape(n, 1, 1))
+        return {"image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(),
+                "masks": masks, "class_ids": sample["class_ids"].clone()}

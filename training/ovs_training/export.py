@@ -4,7 +4,14 @@ The file holds only what the recipe trained, under our own parameter names: the 
 `ClipClassifier.named_parameters()` (`model.visual.trunk.pos_embed`, `model.visual.trunk.blocks.N.attn.q_proj.weight`,
 ...), `mask_logit_scale`, and the PSM under `psm.` (`psm.corr_proj_in.0.weight`, ...). The base CLIP weights come from
 open_clip (`base_clip_pretrained` on the card), as for MaskCLIP++'s own checkpoints. The safetensors metadata
-records `format`, `format_version`, `model_name`, `psm`, `template_set` and `num_templates`.
+records `format`, `format_version`, `model_name`, `psm`, `template_set`, `num_templates`, `mask_prior_blocks`,
+`recipe` and the trained tensor names.
+
+The card carries every setting the runtime needs to reproduce the evaluation (issue 9: settings travel with the
+checkpoint): architecture, base CLIP tag, PSM, template set, CLIP input size, the ensemble settings, whether the
+text tower was tuned, the recipe and the metrics when an evaluation measured them. `ModelCard` has no
+`mask_prior_blocks` / `recipe` field yet, so those two are in the metadata and the card's notes (a wrong mask-token
+depth still cannot load silently: `mask_logit_scale` is `[mask_prior_blocks, heads]` and the loader checks shapes).
 
 `load_ovs_classifier_checkpoint` depends on torch and safetensors only, so it can move verbatim into
 `ovs_ros/models/clip/convert.py` (ovs_ros never imports ovs_training).
@@ -53,6 +60,9 @@ def _sha256(path: Path) -> str:
 def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str, Path], *, name: str,
                       trained_names: Iterable[str], psm_kind: str, template_set: str, num_templates: int,
                       base_clip_pretrained: Optional[str] = None, input_short_side: Optional[int] = None,
+                      mask_prior_blocks: Optional[int] = None, recipe: Optional[str] = None,
+                      ensemble_on: bool = False, ensemble_alpha: float = 1.0, ensemble_beta: float = 1.0,
+                      text_tower_tuned: bool = False, metrics: Optional[Dict[str, float]] = None,
                       notes: str = "") -> Dict[str, Path]:
     """Write `<name>.safetensors` and `<name>.yaml` (a `ovs_ros.models.cards.ModelCard`) under `out_dir`.
 
@@ -67,7 +77,8 @@ def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str,
     model_name = classifier.config.model_name
     metadata = {"format": OVS_FORMAT, "format_version": OVS_FORMAT_VERSION, "model_name": model_name,
                 "psm": psm_kind, "template_set": template_set, "num_templates": str(num_templates),
-                "trained": json.dumps(sorted(k for k in tensors if not k.startswith(PSM_PREFIX)))}
+                "trained": json.dumps(sorted(k for k in tensors if not k.startswith(PSM_PREFIX))),
+                "mask_prior_blocks": json.dumps(mask_prior_blocks), "recipe": recipe or name}
     weights = out_dir / f"{name}.safetensors"
     save_file(tensors, str(weights), metadata=metadata)
     card = {
@@ -81,10 +92,19 @@ def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str,
         "template_set": template_set,
         "psm": psm_kind,
         "input_short_side": input_short_side,
-        "notes": notes or "ovs_training export: tuned CLIP tensors, mask_logit_scale and PSM under our names",
+        "ensemble_on": bool(ensemble_on),
+        "ensemble_alpha": float(ensemble_alpha),
+        "ensemble_beta": float(ensemble_beta),
+        "text_tower_tuned": bool(text_tower_tuned),
+        "published": {str(k): v if isinstance(v, str) else float(v) for k, v in (metrics or {}).items()},
+        "notes": (notes or "ovs_training export: tuned CLIP tensors, mask_logit_scale and PSM under our names")
+        + f"; recipe {recipe or name}; mask_prior_blocks {mask_prior_blocks}",
     }
     card_path = out_dir / f"{name}.yaml"
     with card_path.open("w", encoding="utf-8") as f:
         f.write(f"# {name}: exported by ovs_training (format {OVS_FORMAT} v{OVS_FORMAT_VERSION}).\n")
         yaml.safe_dump(card, f, sort_keys=False)
+    from ovs_ros.models.cards import ModelCard
+
+    ModelCard.from_yaml(card_path)  # the runtime must be able to read what was written
     return {"weights": weights, "card": card_path}

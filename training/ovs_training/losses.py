@@ -2,7 +2,10 @@
 
 seed-spec 2.3 / Table 14: each valid mask of image b gets weight `1 / (B * n_classes_in_image(b) *
 n_masks_of_its_class(b))`, so every image weighs the same and, inside an image, every class present weighs the
-same however many instances it has. The loss is the weighted sum of per-mask CE (temperature 1.0).
+same however many instances it has. B is the number of images that still have a valid mask after the empty masks
+were dropped (MaskCLIP++ `ReweightCELoss._cal_ce_loss`: `len(unique(mask2batch))` taken after `ignore_empty`), so
+an image whose masks all vanished renormalises the others. The loss is the weighted sum of per-mask CE
+(temperature 1.0).
 """
 from __future__ import annotations
 
@@ -18,13 +21,13 @@ from .datasets import IGNORE_CLASS
 def class_balanced_weights(class_ids: Tensor) -> Tensor:
     """`[B, Q]` class ids (-1 = padding / dropped) -> `[B, Q]` float weights (0 where ignored).
 
-    Weight of a valid mask: `1 / (B * n_classes_in_image * n_masks_of_its_class)`; B counts every image of
-    the batch, so an image without valid masks contributes nothing and does not renormalise the others.
+    Weight of a valid mask: `1 / (B * n_classes_in_image * n_masks_of_its_class)`; B counts the images with at
+    least one valid mask (as MaskCLIP++), so the weights of a batch sum to 1 whenever any mask is valid.
     """
     if class_ids.dim() != 2:
         raise ValueError(f"class_ids must be [B, Q], got {tuple(class_ids.shape)}")
-    b = class_ids.shape[0]
     valid = class_ids != IGNORE_CLASS
+    b = valid.any(1).sum().clamp_min(1).to(torch.float32)
     same = (class_ids.unsqueeze(2) == class_ids.unsqueeze(1)) & valid.unsqueeze(1) & valid.unsqueeze(2)
     n_same = same.sum(-1).clamp_min(1).to(torch.float32)  # B, Q: masks of this mask's class in its image
     n_classes = (valid.to(torch.float32) / n_same).sum(-1, keepdim=True)  # B, 1: distinct classes per image

@@ -7,7 +7,8 @@
 * ConvNeXt: every CLIP-V tensor at x0.001.
 * PSM and the mask logit scale: x1 (base LR 2e-4).
 * CLIP's `logit_scale`: never. Text tower: frozen, or with `train_text` the EVA `_wtext` set (ln_1, ln_2, mlp,
-  attn.in_proj_*, positional_embedding) at `text_lr_multiplier`.
+  attn.in_proj_weight, positional_embedding) at `text_lr_multiplier`; `in_proj_bias` stays frozen as in MaskCLIP++
+  `tencoder/eva_clip.py` (corrections.md 17).
 
 Weight decay 0.05, 0 on norm layers, biases and position embeddings / CLS token (detectron2 / MaskCLIP++
 `build_optimizer`: norm modules, `no_weight_decay()` keys, encoder biases). The schedule is a multiplier going
@@ -29,7 +30,7 @@ _VIT_VISUAL = (r"model\.visual\.positional_embedding",
                r"model\.visual\.transformer\.resblocks\.\d+\.attn\.in_proj_(weight|bias)")
 _TEXT_WTEXT = (r"model\.(text\.)?positional_embedding",
                r"model\.(text\.)?transformer\.resblocks\.\d+\.(ln_1|ln_2|mlp)\..+",
-               r"model\.(text\.)?transformer\.resblocks\.\d+\.attn\.in_proj_(weight|bias)")
+               r"model\.(text\.)?transformer\.resblocks\.\d+\.attn\.in_proj_weight")
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
 _NO_DECAY_NAMES = re.compile(r"(^|\.)(pos_embed|positional_embedding|cls_token|class_embedding)$")

@@ -27,10 +27,12 @@ from ovs_ros.text_cache import TextEmbeddingCache
 from ovs_ros.vocabulary import Vocabulary
 
 from .config import TrainConfig
-from .datasets import IGNORE_CLASS, COCOPanopticDataset, ResizeCropFlip, SyntheticMaskDataset, collate_masks
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, restore_rng_states, rng_states
+from .datasets import IGNORE_CLASS, COCOPanopticDataset, LargeScaleJitter, SyntheticMaskDataset, collate_masks
 from .export import export_classifier
 from .losses import class_balanced_cross_entropy, sample_synonym_rows
 from .optim import apply_trainable, build_optimizer, classifier_lr_multipliers
+from .sampling import AugmentedDataset, SeedWorker, TrainingStream, check_trainable_size
 
 LOG = logging.getLogger(__name__)
 
@@ -72,7 +74,27 @@ def build_classifier_and_psm(config: TrainConfig) -> Tuple[nn.Module, nn.Module]
             mask_prior_blocks=config.mask_prior_blocks))
     psm = build_psm(config.psm, num_templates=len(get_templates(config.template_set)),
                     text_dim=classifier.embed_dim, image_dim=classifier.embed_dim)
+    if config.psm_attention_dropout:
+        set_psm_attention_dropout(psm, config.psm_attention_dropout)
     return classifier, psm
+
+
+def set_psm_attention_dropout(psm: nn.Module, p: float) -> None:
+    """MaskCLIP++ PseudoTextPSM `nn.MultiheadAttention(..., dropout=ATTENTION_PROBS_DROPOUT_PROB)`: the attention
+    weights drop out with probability `p` in training mode only (the runtime PSM is built with 0 and runs in eval
+    mode, where MultiheadAttention applies no dropout either way)."""
+    attention = getattr(psm, "img2text", None)
+    if not isinstance(attention, nn.MultiheadAttention):
+        raise ValueError(f"attention dropout needs a PseudoTextPSM, got {type(psm).__name__}")
+    attention.dropout = float(p)
+
+
+def build_transform(config: TrainConfig):
+    """The training augmentation of `config.data` (None = samples as read)."""
+    data = config.data
+    if data.augmentation == "none":
+        return None
+    return LargeScaleJitter(data.image_size, min_scale=data.min_scale, max_scale=data.max_scale, hflip=data.hflip)
 
 
 def build_dataset(config: TrainConfig) -> Dataset:
@@ -84,8 +106,7 @@ def build_dataset(config: TrainConfig) -> Dataset:
         from ovs_ros.paths import resolve_data_path
 
         vocabulary = Vocabulary.from_any(resolve_data_path(data.vocabulary, "config/vocabularies"))
-    return COCOPanopticDataset(data.root, data.split, vocabulary=vocabulary,
-                               transform=ResizeCropFlip(data.image_size, hflip=data.hflip, seed=config.seed))
+    return COCOPanopticDataset(data.root, data.split, vocabulary=vocabulary)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +137,7 @@ class Trainer:
         self.model = MaskClassificationModel(classifier, psm).to(self.device)
         self.dataset = dataset if dataset is not None else build_dataset(config)
         self.vocabulary: Vocabulary = self.dataset.vocabulary
+        self.rank, self.world_size = 0, 1  # data-parallel position (see `ovs_training.distributed`)
         clf_mults = classifier_lr_multipliers(classifier, clip_lr_multiplier=config.clip_lr_multiplier,
                                               train_text=config.train_text,
                                               text_lr_multiplier=config.text_lr_multiplier)
@@ -129,21 +151,33 @@ class Trainer:
         self.templates = get_templates(config.template_set)
         self.synonym_class_index = torch.from_numpy(self.vocabulary.synonym_class_index.copy())
         self.synonym_generator = torch.Generator().manual_seed(config.seed)
-        self._frozen_text: Optional[Tensor] = None
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self._frozen_text: Optional[Tensor] = None if config.train_text else self._frozen_text_embeddings()
+        self.start_step = 0
+        if config.resume:
+            self.load_checkpoint(config.resume)
 
     # ------------------------------------------------------------------------------------------------ text
+    def _frozen_text_embeddings(self) -> Tensor:
+        """`[S, T, D]` fp32 text embeddings of every synonym, computed once outside autocast through the runtime's
+        `TextEmbeddingCache`, so training scores masks against the values inference uses (MaskCLIP++ computes
+        them at model construction, in fp32)."""
+        classifier = self.model.classifier
+        cache = TextEmbeddingCache(
+            lambda s: classifier.encode_text(classifier.tokenize(s).to(self.device)).float(),
+            classifier.text_fingerprint(), device=self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            text = cache.embed(self.vocabulary, self.config.template_set).text_embeddings
+        if text.dtype != torch.float32:
+            raise RuntimeError(f"frozen text embeddings came out {text.dtype}, expected float32")
+        return text
+
     def _text_embeddings(self, rows: Tensor) -> Tensor:
         """`[K, T, D]` L2-normalised text embeddings of the sampled synonym rows."""
         classifier = self.model.classifier
         if not self.config.train_text:
-            if self._frozen_text is None:
-                cache = TextEmbeddingCache(
-                    lambda s: classifier.encode_text(classifier.tokenize(s).to(self.device)),
-                    classifier.text_fingerprint(), device=self.device)
-                self._frozen_text = cache.embed(self.vocabulary, self.config.template_set).text_embeddings
             return self._frozen_text.index_select(0, rows.to(self.device))
         phrases = [self.vocabulary.phrases[int(r)] for r in rows]
         sentences = [t.format(p) for p in phrases for t in self.templates]
@@ -184,18 +218,70 @@ class Trainer:
         return float(loss.detach())
 
     # ------------------------------------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True, drop_last=True,
-                          collate_fn=collate_masks, num_workers=self.config.data.num_workers,
+    def _loader(self, start_step: int = 0) -> DataLoader:
+        """This rank's infinite batches from global step `start_step` on (`sampling.TrainingStream`); a dataset
+        that cannot fill one batch raises instead of looping forever."""
+        config = self.config
+        check_trainable_size(len(self.dataset), config.batch_size)
+        stream = TrainingStream(len(self.dataset), config.batch_size, seed=config.seed, rank=self.rank,
+                                world_size=self.world_size, start_batch=start_step)
+        dataset = AugmentedDataset(self.dataset, build_transform(config), seed=config.seed)
+        # own generator: creating the iterator must not draw from the global torch RNG (exact resume)
+        generator = torch.Generator().manual_seed(config.seed)
+        return DataLoader(dataset, batch_size=stream.local_batch, sampler=stream, collate_fn=collate_masks,
+                          num_workers=config.data.num_workers, worker_init_fn=SeedWorker(config.seed, self.rank),
                           generator=generator, pin_memory=self.device.type == "cuda")
+
+    # ------------------------------------------------------------------------------------------------ state
+    # config keys that may differ between a run and its resumption (they do not change the numbers)
+    RESUME_FREE_KEYS = ("output_dir", "resume", "show_progress", "log_every", "checkpoint_every", "device")
+
+    def _generators(self) -> Dict[str, torch.Generator]:
+        return {"synonyms": self.synonym_generator}
 
     def save_checkpoint(self, path: Path, step: int) -> Path:
         trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"step": step, "trained": trained, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "config": dataclasses.asdict(self.config)}, path)
+        torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "step": step,
+                    "trained": trained, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                    "rng": rng_states(self._generators()), "world_size": self.world_size,
+                    "config": dataclasses.asdict(self.config)}, path)
         return path
+
+    def load_checkpoint(self, path) -> int:
+        """Continue from `path`: trained tensors, optimizer, scheduler, scaler, RNG states and data position.
+
+        The checkpoint's config must equal this one except for `RESUME_FREE_KEYS` (and data.num_workers, which
+        does not change the stream); anything else would not reproduce the interrupted run, so it is refused.
+        """
+        ckpt = load_checkpoint(path)
+        saved, now = dict(ckpt["config"]), dataclasses.asdict(self.config)
+        for cfg in (saved, now):
+            for key in self.RESUME_FREE_KEYS:
+                cfg.pop(key, None)
+            cfg["data"] = {k: v for k, v in cfg["data"].items() if k != "num_workers"}
+        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if differ:
+            raise ValueError(f"{path}: the checkpoint was written with other settings ({differ}); resuming would "
+                             f"not reproduce that run")
+        if int(ckpt.get("world_size", 1)) != self.world_size:
+            raise ValueError(f"{path}: written by {ckpt.get('world_size')} process(es), resuming on {self.world_size}")
+        params = dict(self.model.named_parameters())
+        missing = sorted(set(self.lr_multipliers) - set(ckpt["trained"]))
+        unknown = sorted(set(ckpt["trained"]) - set(self.lr_multipliers))
+        if missing or unknown:
+            raise KeyError(f"{path}: trained tensors differ from this recipe: missing {missing}, unknown {unknown}")
+        with torch.no_grad():
+            for name, value in ckpt["trained"].items():
+                params[name].copy_(value.to(params[name].device))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_states(ckpt["rng"], self._generators())
+        self.start_step = int(ckpt["step"])
+        LOG.info("resumed %s at step %d", path, self.start_step)
+        return self.start_step
 
     def train(self, *, export: bool = True) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
@@ -210,26 +296,25 @@ class Trainer:
         self.model.train()
         losses: List[float] = []
         checkpoint = None
-        step = 0
-        bar = tqdm(total=config.max_iter, desc="train", disable=not config.show_progress)
+        step = self.start_step
+        bar = tqdm(total=config.max_iter, initial=step, desc="train", disable=not config.show_progress)
         start = time.perf_counter()
         try:
+            batches = iter(self._loader(step)) if step < config.max_iter else iter(())
             while step < config.max_iter:
-                for batch in self._loader():
-                    lrs = [g["lr"] for g in self.optimizer.param_groups]
-                    loss = self.train_step(batch)
-                    losses.append(loss)
-                    step += 1
-                    if step % config.log_every == 0 or step == 1 or step == config.max_iter:
-                        writer.add_scalar("train/loss", loss, step)
-                        for g, lr in zip(self.optimizer.param_groups, lrs):
-                            writer.add_scalar(f"lr/x{g['lr_multiplier']:g}_wd{g['weight_decay']:g}", lr, step)
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}")
-                    bar.update(1)
-                    if config.checkpoint_every and step % config.checkpoint_every == 0:
-                        checkpoint = self.save_checkpoint(out / "checkpoints" / f"step_{step:07d}.pth", step)
-                    if step >= config.max_iter:
-                        break
+                batch = next(batches)
+                lrs = [g["lr"] for g in self.optimizer.param_groups]
+                loss = self.train_step(batch)
+                losses.append(loss)
+                step += 1
+                if step % config.log_every == 0 or step == 1 or step == config.max_iter:
+                    writer.add_scalar("train/loss", loss, step)
+                    for g, lr in zip(self.optimizer.param_groups, lrs):
+                        writer.add_scalar(f"lr/x{g['lr_multiplier']:g}_wd{g['weight_decay']:g}", lr, step)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}")
+                bar.update(1)
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    checkpoint = self.save_checkpoint(out / "checkpoints" / f"step_{step:07d}.pth", step)
         finally:
             bar.close()
             writer.flush()
@@ -241,9 +326,20 @@ class Trainer:
             exported = self.export(out / "export")
         return TrainResult(losses=losses, output_dir=out, checkpoint=checkpoint, export=exported)
 
-    def export(self, out_dir: Path) -> Dict[str, Path]:
+    def _mask_prior_blocks(self) -> Optional[int]:
+        """The classifier's mask-token depth (ViT families; ConvNeXt has none)."""
+        classifier = self.model.classifier
+        return None if classifier.family == "convnext" else int(classifier.mask_prior_blocks)
+
+    def export(self, out_dir: Path, *, metrics: Optional[Dict[str, float]] = None) -> Dict[str, Path]:
+        """The tuned tensors and a card with every runtime setting of this recipe; `metrics` (card `published`
+        keys such as `ade150_miou`) when an evaluation measured them."""
+        config = self.config
         names = [k[len("classifier."):] for k in self.lr_multipliers if k.startswith("classifier.")]
         return export_classifier(
-            self.model.classifier, self.model.psm, out_dir, name=self.config.export_name, trained_names=names,
-            psm_kind=self.config.psm, template_set=self.config.template_set, num_templates=len(self.templates),
-            base_clip_pretrained=self.config.pretrained, input_short_side=self.config.input_short_side)
+            self.model.classifier, self.model.psm, out_dir, name=config.export_name, trained_names=names,
+            psm_kind=config.psm, template_set=config.template_set, num_templates=len(self.templates),
+            base_clip_pretrained=config.pretrained, input_short_side=config.input_short_side,
+            mask_prior_blocks=self._mask_prior_blocks(), recipe=config.recipe or config.export_name,
+            ensemble_on=config.ensemble_on, ensemble_alpha=config.ensemble_alpha, ensemble_beta=config.ensemble_beta,
+            text_tower_tuned=config.train_text, metrics=metrics)
