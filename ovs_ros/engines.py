@@ -467,7 +467,11 @@ def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Modul
     if config.generator.fixed_hw is None or (config.classifier.fixed_hw is None and not in_generator):
         raise ConfigError("backend onnxruntime runs fixed-shape engines: set generator.fixed_hw and "
                           "classifier.fixed_hw (H, W), multiples of each model's size_divisibility")
-    if config.precision != "fp32":
+    from ovs_ros.segmenter_config import resolve_precision
+
+    # the precision the run uses on this device (an fp16 config on a CPU runs fp32, and so can onnxruntime)
+    precision = resolve_precision(config.precision, device.type, fallback=config.precision_fallback)
+    if precision != "fp32":
         raise ConfigError("backend onnxruntime runs the fp32 ONNX engines; use precision fp32 (for fp16 build a "
                           "TensorRT engine from `ovs-export` output with `trtexec --fp16`)")
     try:
@@ -478,13 +482,13 @@ def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Modul
         raise ConfigError(str(exc)) from exc
     cache = EngineCache(config.engine_cache_dir)
     num_queries = int(generator.config.num_queries)
-    gen_path = cache.generator_engine(generator, config.generator.fixed_hw, precision=config.precision)
+    gen_path = cache.generator_engine(generator, config.generator.fixed_hw, precision=precision)
     threads = config.num_threads
     if in_generator:  # the classifier role runs nothing: its embeddings are outputs of the generator engine
         return OnnxRuntimeEngines(generator=OnnxRuntimeGenerator(generator, gen_path, device, threads),
                                   classifier=classifier, cache=cache)
     cls_path = cache.classifier_engine(classifier, config.classifier.fixed_hw, num_queries,
-                                       precision=config.precision)
+                                       precision=precision)
     return OnnxRuntimeEngines(
         generator=OnnxRuntimeGenerator(generator, gen_path, device, threads),
         classifier=OnnxRuntimeClassifier(classifier, cls_path, device, threads),

@@ -113,6 +113,13 @@ def test_segmenter_onnxruntime_matches_eager(tmp_path):
     assert (a.panoptic == b.panoptic).mean() >= 0.99
     assert [s.label for s in a.segments] == [s.label for s in b.segments]
     assert set(a.timings_ms) == set(b.timings_ms)
+    # An fp16 config on this CPU runs fp32 (one INFO line), so the fp32 engines serve it too: same cached files.
+    half = Segmenter.from_config("tiny", dict(FIXED, backend="onnxruntime", precision="fp16",
+                                              engine_cache_dir=str(tmp_path)))
+    assert half.backend == "onnxruntime" and len(list(tmp_path.glob("*.onnx"))) == 2
+    with pytest.raises(ConfigError, match="runs the fp32 ONNX engines"):
+        Segmenter.from_config("tiny", dict(FIXED, backend="onnxruntime", precision="fp16", precision_fallback=False,
+                                           engine_cache_dir=str(tmp_path)))
 
 
 def test_onnxruntime_backend_needs_fixed_hw():
