@@ -1,5 +1,5 @@
 """`python -m ovs_training.train --config training/configs/tiny_synthetic.yaml [--max-iter N] [--output-dir D]
-[--resume RUN/checkpoints/step_N.pth]`."""
+[--resume RUN/checkpoints/step_N.pth]`; under `torchrun --nproc_per_node N` data-parallel (`distributed.py`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import statistics
 from typing import List, Optional
 
 from .config import load_train_config
+from .distributed import init_from_env, world
 from .trainer import Trainer
 
 
@@ -24,7 +25,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = load_train_config(args.config, max_iter=args.max_iter, output_dir=args.output_dir, device=args.device,
                                resume=args.resume)
+    init_from_env(config.device)  # torchrun: join the process group (no-op for one process)
     result = Trainer(config).train(export=not args.no_export)
+    if world()[0] != 0:
+        return 0
     if not result.losses:
         print(f"nothing to train: the checkpoint is at max_iter {config.max_iter}; run folder {result.output_dir}")
         return 0

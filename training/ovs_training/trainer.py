@@ -7,6 +7,7 @@ gradient norm of every trained tensor, step AdamW and the cosine multiplier. Sca
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -28,6 +29,7 @@ from ovs_ros.vocabulary import Vocabulary
 
 from .config import TrainConfig
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, restore_rng_states, rng_states
+from .distributed import average_gradients, barrier, gather_objects, mean_over_ranks, seed_rank, world
 from .datasets import IGNORE_CLASS, COCOPanopticDataset, LargeScaleJitter, SyntheticMaskDataset, collate_masks
 from .export import export_classifier
 from .losses import class_balanced_cross_entropy, sample_synonym_rows
@@ -115,6 +117,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _NullWriter:
+    """TensorBoard stand-in on ranks > 0."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class TrainResult:
     losses: List[float]
@@ -129,7 +144,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, classifier: Optional[nn.Module] = None,
                  psm: Optional[nn.Module] = None, dataset: Optional[Dataset] = None):
         self.config = config
+        self.rank, self.world_size = world()  # data-parallel position (`ovs_training.distributed`, torchrun)
         self.device = resolve_device(config.device)
+        if self.world_size > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK
+        self.is_main = self.rank == 0
         if classifier is None or psm is None:
             built_classifier, built_psm = build_classifier_and_psm(config)
             classifier = classifier if classifier is not None else built_classifier
@@ -137,7 +156,6 @@ class Trainer:
         self.model = MaskClassificationModel(classifier, psm).to(self.device)
         self.dataset = dataset if dataset is not None else build_dataset(config)
         self.vocabulary: Vocabulary = self.dataset.vocabulary
-        self.rank, self.world_size = 0, 1  # data-parallel position (see `ovs_training.distributed`)
         clf_mults = classifier_lr_multipliers(classifier, clip_lr_multiplier=config.clip_lr_multiplier,
                                               train_text=config.train_text,
                                               text_lr_multiplier=config.text_lr_multiplier)
@@ -155,6 +173,7 @@ class Trainer:
         self.amp_dtype = (torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self._frozen_text: Optional[Tensor] = None if config.train_text else self._frozen_text_embeddings()
+        seed_rank(config.seed, self.rank)  # the model is built alike on every rank; what follows draws per rank
         self.start_step = 0
         if config.resume:
             self.load_checkpoint(config.resume)
@@ -209,13 +228,14 @@ class Trainer:
         loss = class_balanced_cross_entropy(logits.float(), class_ids, temperature=self.config.ce_temperature)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        average_gradients(self.trained_params, self.world_size)  # DDP's mean, before the clip sees the gradient
         if self.config.grad_clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trained_params, self.config.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        return float(mean_over_ranks(loss.detach(), self.world_size))
 
     # ------------------------------------------------------------------------------------------------ loop
     def _loader(self, start_step: int = 0) -> DataLoader:
@@ -240,13 +260,17 @@ class Trainer:
         return {"synonyms": self.synonym_generator}
 
     def save_checkpoint(self, path: Path, step: int) -> Path:
-        trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "step": step,
-                    "trained": trained, "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                    "rng": rng_states(self._generators()), "world_size": self.world_size,
-                    "config": dataclasses.asdict(self.config)}, path)
+        """Every rank calls it (the RNG states of all ranks are gathered); rank 0 writes."""
+        rng_ranks = gather_objects(rng_states(self._generators()), self.world_size)
+        if self.is_main:
+            trained = {n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "step": step,
+                        "trained": trained, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                        "rng": rng_ranks[0], "rng_ranks": rng_ranks, "world_size": self.world_size,
+                        "config": dataclasses.asdict(self.config)}, path)
+        barrier(self.world_size)
         return path
 
     def load_checkpoint(self, path) -> int:
@@ -278,7 +302,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng_states(ckpt["rng"], self._generators())
+        restore_rng_states(ckpt["rng_ranks"][self.rank], self._generators())
         self.start_step = int(ckpt["step"])
         LOG.info("resumed %s at step %d", path, self.start_step)
         return self.start_step
@@ -289,15 +313,17 @@ class Trainer:
 
         config = self.config
         out = Path(config.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "config.yaml").open("w", encoding="utf-8") as f:  # the resolved config beside the run
-            yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False)
-        writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+        if self.is_main:  # rank 0 alone writes the run folder
+            out.mkdir(parents=True, exist_ok=True)
+            with (out / "config.yaml").open("w", encoding="utf-8") as f:  # the resolved config beside the run
+                yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False)
+        writer = SummaryWriter(log_dir=str(out / "tensorboard")) if self.is_main else _NullWriter()
         self.model.train()
         losses: List[float] = []
         checkpoint = None
         step = self.start_step
-        bar = tqdm(total=config.max_iter, initial=step, desc="train", disable=not config.show_progress)
+        bar = tqdm(total=config.max_iter, initial=step, desc="train",
+                   disable=not (config.show_progress and self.is_main))
         start = time.perf_counter()
         try:
             batches = iter(self._loader(step)) if step < config.max_iter else iter(())
@@ -322,8 +348,12 @@ class Trainer:
         LOG.info("trained %d steps in %.1f s", step, time.perf_counter() - start)
         checkpoint = self.save_checkpoint(out / "checkpoints" / "last.pth", step)
         exported: Dict[str, Path] = {}
-        if export:
-            exported = self.export(out / "export")
+        if self.is_main:
+            with (out / f"losses_from_step_{self.start_step}.json").open("w", encoding="utf-8") as f:
+                json.dump({"start_step": self.start_step, "world_size": self.world_size, "losses": losses}, f)
+            if export:
+                exported = self.export(out / "export")
+        barrier(self.world_size)
         return TrainResult(losses=losses, output_dir=out, checkpoint=checkpoint, export=exported)
 
     def _mask_prior_blocks(self) -> Optional[int]:
