@@ -194,7 +194,9 @@ def export_generator_onnx(generator: nn.Module, path: Union[str, Path], input_hw
                           opset: int = DEFAULT_OPSET, exporter: str = "torchscript") -> Path:
     """Export the mask generator for a fixed `[1, 3, H, W]` input; returns `path` (checked with `onnx.checker`).
 
-    Inputs: `pixel_values`. Outputs: `mask_logits [1, Q, H/4, W/4]`, `class_logits [1, Q, K_train + 1]`.
+    Inputs: `pixel_values`. Outputs: the fields of the generator's output dataclass (`generator_output_names`):
+    Mask2Former `mask_logits [1, Q, H/4, W/4]`, `class_logits [1, Q, K_train + 1]`; FC-CLIP `mask_logits`,
+    `class_embeddings [1, Q, D]`, `clip_mask_embeddings [1, Q, D]`.
     """
     h, w = _check_hw(input_hw, generator.size_divisibility, "generator")
     device, dtype = _module_place(generator)
