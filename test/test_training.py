@@ -321,15 +321,28 @@ def test_exported_weights_run_in_the_segmenter(trained):
     from ovs_ros.cli import sample_image
     from ovs_ros.segmenter import Segmenter
 
-    _, result = trained
+    trainer, result = trained
     card = result.export["card"]
+    vocabulary = ["cat", "sofa", "stuff:floor"]
     segmenter = Segmenter.from_config("tiny", {"classifier.card": str(card),
                                                "weights_dir": str(result.export["weights"].parent),
-                                               "vocabulary": ["cat", "sofa", "stuff:floor"]})
+                                               "vocabulary": vocabulary, "classifier.input_short_side": 96})
     assert segmenter.template_set == "t14"  # the card's template set, not the tiny config's t1
-    assert type(segmenter.psm).__name__ != "IdentityPSM"
-    out = segmenter.segment(sample_image("chelsea"))
+    torch.testing.assert_close(segmenter.psm.state_dict(), trainer.model.psm.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(segmenter.classifier.state_dict(), trainer.model.classifier.state_dict(), rtol=0,
+                               atol=0)
+    image = sample_image("chelsea")
+    out = segmenter.segment(image)
     assert out.panoptic.shape == (300, 451)
+    # the same Segmenter with the trained CLIP tensors reverted to the base build scores the masks differently
+    base = Segmenter.from_config("tiny", {"classifier.card": str(card),
+                                          "weights_dir": str(result.export["weights"].parent),
+                                          "vocabulary": vocabulary, "classifier.input_short_side": 96})
+    fresh = build_tiny_classifier("eva", input_short_side=96, seed=0)
+    base.classifier.load_state_dict(fresh.state_dict())
+    base_out = base.segment(image)
+    assert not (np.array_equal(out.panoptic, base_out.panoptic)
+                and [s.score for s in out.segments] == [s.score for s in base_out.segments])
 
 
 def test_loader_rejects_foreign_keys(tmp_path):

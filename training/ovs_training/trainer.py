@@ -175,6 +175,7 @@ class Trainer:
         self._frozen_text: Optional[Tensor] = None if config.train_text else self._frozen_text_embeddings()
         seed_rank(config.seed, self.rank)  # the model is built alike on every rank; what follows draws per rank
         self.start_step = 0
+        self.last_grad_norm: Optional[float] = None
         if config.resume:
             self.load_checkpoint(config.resume)
 
@@ -231,7 +232,9 @@ class Trainer:
         average_gradients(self.trained_params, self.world_size)  # DDP's mean, before the clip sees the gradient
         if self.config.grad_clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trained_params, self.config.grad_clip_norm)
+            # the pre-clip norm of the (rank-averaged) gradient; MaskCLIP++ clips nearly every step at 0.01
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trained_params,
+                                                                       self.config.grad_clip_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -335,6 +338,8 @@ class Trainer:
                 step += 1
                 if step % config.log_every == 0 or step == 1 or step == config.max_iter:
                     writer.add_scalar("train/loss", loss, step)
+                    if self.last_grad_norm is not None:
+                        writer.add_scalar("train/grad_norm_before_clip", self.last_grad_norm, step)
                     for g, lr in zip(self.optimizer.param_groups, lrs):
                         writer.add_scalar(f"lr/x{g['lr_multiplier']:g}_wd{g['weight_decay']:g}", lr, step)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}")
