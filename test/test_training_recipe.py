@@ -285,11 +285,14 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
         assert torch.equal(a, b), name
     assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
     ckpt = torch.load(str(checkpoint), weights_only=False)
-    assert {"optimizer", "scheduler", "scaler", "rng", "step", "trained"} <= set(ckpt)
+    assert {"optimizer", "scheduler", "scaler", "rng", "step", "trained", "data"} <= set(ckpt)
+    assert (ckpt["data"]["next_global_batch"], ckpt["data"]["samples_consumed"]) == (3, 12)
     assert {"python", "numpy", "torch", "cuda", "generators"} == set(ckpt["rng"])
     # a checkpoint of other settings would not reproduce its run: refused with the keys that differ
     with pytest.raises(ValueError, match="base_lr"):
         Trainer(tiny_config(tmp_path / "other", resume=str(checkpoint), base_lr=1e-3, **common))
+    with pytest.raises(ValueError, match="data position"):  # another dataset: the stream would not continue
+        Trainer(tiny_config(tmp_path / "other", resume=str(checkpoint), **common), dataset=SyntheticMaskDataset(9, 96))
 
 
 # ---------------------------------------------------------------------------------------------------- configs

@@ -272,9 +272,15 @@ class Trainer:
                         "trained": trained, "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                         "rng": rng_ranks[0], "rng_ranks": rng_ranks, "world_size": self.world_size,
-                        "config": dataclasses.asdict(self.config)}, path)
+                        "data": self._data_position(step), "config": dataclasses.asdict(self.config)}, path)
         barrier(self.world_size)
         return path
+
+    def _data_position(self, step: int) -> Dict[str, object]:
+        """Where the data stream stands after `step` steps, and the seeds it is drawn from (`sampling.py`)."""
+        return {"next_global_batch": int(step), "samples_consumed": int(step) * self.config.batch_size,
+                "dataset_size": len(self.dataset), "stream_seed": self.config.seed,
+                "worker_seeds": "sampling.worker_seed(stream_seed, rank, worker_id)"}
 
     def load_checkpoint(self, path) -> int:
         """Continue from `path`: trained tensors, optimizer, scheduler, scaler, RNG states and data position.
@@ -294,6 +300,10 @@ class Trainer:
                              f"not reproduce that run")
         if int(ckpt.get("world_size", 1)) != self.world_size:
             raise ValueError(f"{path}: written by {ckpt.get('world_size')} process(es), resuming on {self.world_size}")
+        position = ckpt["data"]
+        if position != self._data_position(int(ckpt["step"])):
+            raise ValueError(f"{path}: data position {position} does not fit this dataset / config (the stream would "
+                             f"not continue where it stopped)")
         params = dict(self.model.named_parameters())
         missing = sorted(set(self.lr_multipliers) - set(ckpt["trained"]))
         unknown = sorted(set(ckpt["trained"]) - set(self.lr_multipliers))
