@@ -330,3 +330,40 @@ def test_coco_panoptic_recipe_configs_are_maskclippp_and_match_the_runtime_cards
         c.model_name, c.pretrained, c.psm, c.template_set, c.input_short_side)
     assert (card.ensemble_on, card.ensemble_alpha, card.ensemble_beta) == (c.ensemble_on, c.ensemble_alpha,
                                                                           c.ensemble_beta)
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+def test_coco_panoptic_config_trains_through_lsj_on_a_written_layout(tmp_path):
+    """kind coco_panoptic -> the reader + LSJ at the config's target size feed the loop (2 steps, batch 2)."""
+    _write_panoptic_layout(tmp_path / "coco")
+    config = tiny_config(tmp_path, max_iter=2, batch_size=2,
+                         data={"kind": "coco_panoptic", "root": str(tmp_path / "coco"), "split": "train2017",
+                               "image_size": 64, "augmentation": "lsj"})
+    trainer = Trainer(config)
+    assert isinstance(trainer.dataset, COCOPanopticDataset) and len(trainer.dataset) == 2
+    batch = next(iter(trainer._loader()))
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["masks"].shape[-2:] == (64, 64)
+    losses = trainer.train(export=False).losses
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_convnext_pseudo_text_export_loads_into_the_segmenter(tmp_path):
+    """The ConvNeXt recipe's export (all CLIP-V tensors + PseudoTextPSM) loads bit-equal into the runtime, where
+    the PSM runs without dropout (eval mode)."""
+    from ovs_ros.segmenter import Segmenter
+
+    config = tiny_config(tmp_path, model_name="tiny-convnext", psm="pseudo_text", psm_attention_dropout=0.1,
+                         ignore_empty_masks=False, max_iter=2, export_name="tiny_convnext")
+    trainer = Trainer(config)
+    result = trainer.train()
+    card = ModelCard.from_yaml(result.export["card"])
+    assert (card.architecture, card.psm) == ("tiny-convnext", "pseudo_text")
+    segmenter = Segmenter.from_config("tiny", {"classifier.card": str(result.export["card"]),
+                                               "classifier.model_name": "tiny-convnext",
+                                               "weights_dir": str(result.export["weights"].parent),
+                                               "vocabulary": ["cat", "stuff:floor"],
+                                               "classifier.input_short_side": 96})
+    assert type(segmenter.psm).__name__ == "PseudoTextPSM" and not segmenter.psm.training
+    torch.testing.assert_close(segmenter.psm.state_dict(), trainer.model.psm.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(segmenter.classifier.state_dict(), trainer.model.classifier.state_dict(), rtol=0,
+                               atol=0)
