@@ -54,7 +54,7 @@ def benchmark_vocabulary_switch(segmenter, vocabulary: str, template_set: str, r
     from ovs_ros.segmenter import _as_vocabulary
 
     vocab = _as_vocabulary(vocabulary, segmenter.config.max_vocabulary_classes)
-    fingerprint = segmenter.classifier.text_fingerprint()
+    fingerprint = segmenter.text_cache.fingerprint  # the tower that encodes (FC-CLIP's own for fcclip_b)
     with tempfile.TemporaryDirectory() as cache_dir:
         cold_cache = TextEmbeddingCache(
             segmenter._encode_sentences, fingerprint, cache_dir=Path(cache_dir), device=segmenter.device,

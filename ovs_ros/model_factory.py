@@ -126,6 +126,10 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
         fmt = card.format
     else:  # our own exports say so in their safetensors metadata; anything else is a MaskCLIP++ file
         fmt = "ovs_safetensors" if meta.get("format") == "ovs_safetensors" else "maskclippp_pth"
+    prior = getattr(card, "mask_prior_blocks", None)
+    if prior is not None and prior != getattr(classifier, "mask_prior_blocks", prior):
+        raise ValueError(f"classifier card {card.name}: its weights were trained with mask tokens in the last {prior} "
+                         f"blocks, the classifier puts them in the last {classifier.mask_prior_blocks}")
     psm_kind, templates = _psm_of(card, meta, checkpoint, settings)
     psm = build_psm(psm_kind, num_templates=_num_templates(templates), **psm_dims)
     # maskclippp_pth: load_maskclippp_checkpoint picks the EVA or ConvNeXt key map from the classifier's family.

@@ -224,3 +224,24 @@ def test_missing_weights_error_names_ovs_weights_not_the_wrong_hints(tmp_path):
         message = str(info.value)
         assert f"ovs-weights download {name}" in message and str(tmp_path / card.filename) in message
         assert "huggingface-cli" not in message and ".pkl" not in message
+
+
+def test_a_card_whose_mask_token_depth_differs_is_refused(tmp_path):
+    """A classifier card states the depth its mask tokens were trained at; a classifier built otherwise is refused
+    before any weight is read."""
+    import yaml
+
+    from ovs_ros.model_factory import build_classifier
+    from ovs_ros.segmenter_config import load_segmenter_config
+
+    settings = load_segmenter_config("tiny").classifier
+    card = tmp_path / "deep.yaml"
+    card.write_text(yaml.safe_dump({"name": "deep", "role": "classifier", "architecture": settings.model_name,
+                                    "filename": "deep.safetensors", "format": "ovs_safetensors", "psm": "linear",
+                                    "template_set": "t1", "mask_prior_blocks": 5}))
+    (tmp_path / "deep.safetensors").write_bytes(b"not read")
+    import dataclasses
+
+    settings = dataclasses.replace(settings, card=str(card), checkpoint=str(tmp_path / "deep.safetensors"))
+    with pytest.raises(ValueError, match="last 5 blocks"):
+        build_classifier(settings, tmp_path)

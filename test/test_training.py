@@ -254,7 +254,7 @@ def test_export_holds_the_trained_values_and_a_complete_card(trained):
         "classifier", "ovs_safetensors", "tiny-eva", "linear", "t14")
     assert (card.input_short_side, card.base_clip_pretrained, card.text_tower_tuned) == (96, None, False)
     assert (card.ensemble_on, card.ensemble_alpha, card.ensemble_beta) == (False, 1.0, 1.0)
-    assert "mask_prior_blocks 3" in card.notes and "recipe tiny_eva_synthetic" in card.notes
+    assert (card.mask_prior_blocks, card.recipe) == (3, "tiny_eva_synthetic")
 
 
 def test_export_loads_into_fresh_classifier_with_identical_logits(trained, tmp_path):

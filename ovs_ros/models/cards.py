@@ -37,7 +37,7 @@ class ModelCard:
     role: str  # "generator" | "classifier"
     architecture: str  # e.g. "mask2former/swin_tiny_coco_panoptic", "EVA02-B-16"
     filename: str  # file name under the weights directory
-    format: str  # "hf_safetensors" | "detectron2_pkl" | "maskclippp_pth" | "ovs_safetensors" (ovs_training export)
+    format: str  # "hf_safetensors" | "detectron2_pkl" | "maskclippp_pth" | "fcclip_pth" | "ovs_safetensors" (export)
     hf_hub_id: Optional[str] = None  # e.g. "facebook/mask2former-swin-tiny-coco-panoptic"
     hf_filename: Optional[str] = None  # file inside the hub repo, e.g. "model.safetensors"
     url: Optional[str] = None  # where the original file is published (informational; `ovs-weights` uses hub / Drive)
@@ -55,6 +55,8 @@ class ModelCard:
     object_mask_threshold: Optional[float] = None  # generator cards: merge thresholds as MaskCLIP++ pairs them
     overlap_threshold: Optional[float] = None
     text_tower_tuned: bool = False  # the file also holds a fine-tuned text tower (`_wtext` models)
+    mask_prior_blocks: Optional[int] = None  # classifier cards (ViT): the mask tokens enter the last N blocks
+    recipe: Optional[str] = None  # the training recipe the weights came from (ovs_training exports)
     loadable: bool = True  # false: a card for a file this project cannot load yet (the reason says why)
     not_loadable_reason: str = ""
     notes: str = ""

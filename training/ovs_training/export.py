@@ -9,9 +9,8 @@ records `format`, `format_version`, `model_name`, `psm`, `template_set`, `num_te
 
 The card carries every setting the runtime needs to reproduce the evaluation (issue 9: settings travel with the
 checkpoint): architecture, base CLIP tag, PSM, template set, CLIP input size, the ensemble settings, whether the
-text tower was tuned, the recipe and the metrics when an evaluation measured them. `ModelCard` has no
-`mask_prior_blocks` / `recipe` field yet, so those two are in the metadata and the card's notes (a wrong mask-token
-depth still cannot load silently: `mask_logit_scale` is `[mask_prior_blocks, heads]` and the loader checks shapes).
+text tower was tuned, `mask_prior_blocks` (the runtime refuses a classifier built with another depth), the recipe
+and the metrics when an evaluation measured them.
 
 `load_ovs_classifier_checkpoint` depends on torch and safetensors only, so it can move verbatim into
 `ovs_ros/models/clip/convert.py` (ovs_ros never imports ovs_training).
@@ -96,9 +95,10 @@ def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str,
         "ensemble_alpha": float(ensemble_alpha),
         "ensemble_beta": float(ensemble_beta),
         "text_tower_tuned": bool(text_tower_tuned),
+        "mask_prior_blocks": mask_prior_blocks,
+        "recipe": recipe or name,
         "published": {str(k): v if isinstance(v, str) else float(v) for k, v in (metrics or {}).items()},
-        "notes": (notes or "ovs_training export: tuned CLIP tensors, mask_logit_scale and PSM under our names")
-        + f"; recipe {recipe or name}; mask_prior_blocks {mask_prior_blocks}",
+        "notes": notes or "ovs_training export: tuned CLIP tensors, mask_logit_scale and PSM under our names",
     }
     card_path = out_dir / f"{name}.yaml"
     with card_path.open("w", encoding="utf-8") as f:
