@@ -191,7 +191,8 @@ def demo_main(argv: Optional[List[str]] = None) -> int:
 
 
 def export_main(argv: Optional[List[str]] = None) -> int:
-    """`ovs-export --config tiny --out-dir engines/`: write generator.onnx, classifier.onnx and engines.json."""
+    """`ovs-export --config tiny --out-dir engines/ [--precision fp16]`: write generator.onnx, classifier.onnx and
+    engines.json (fp16: fp16 graphs with the deformable pixel decoder as an fp32 island, for TensorRT 11)."""
     parser = argparse.ArgumentParser(prog="ovs-export", description=export_main.__doc__)
     parser.add_argument("--config", default="tiny", help="segmenter config: a YAML path or a name in config/segmenter/")
     parser.add_argument("--out-dir", type=Path, default=Path("engines"), help="output folder")
@@ -205,17 +206,19 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from ovs_ros.engines import export_engines
+    from ovs_ros.engines import EXPORT_PRECISIONS, export_engines
     from ovs_ros.segmenter_config import load_segmenter_config
 
     try:
         overrides = config_overrides(args)
-        if overrides.get("precision", "fp32") != "fp32":
-            raise ValueError(f"ovs-export writes fp32 ONNX graphs; --precision {overrides['precision']} is not "
-                             "supported here (build fp16 TensorRT engines from them with trtexec --fp16)")
+        # fp32 unless asked (`--precision` or `--set precision=`), whatever the config says: the config's precision
+        # is for its runtime, and fp32 graphs feed both trtexec lines (TensorRT 10 with --fp16 too).
+        precision = overrides.pop("precision", "fp32")
+        if precision not in EXPORT_PRECISIONS:
+            raise ValueError(f"ovs-export writes fp32 or fp16 ONNX graphs; --precision {precision} is not supported")
         config = load_segmenter_config(args.config, overrides)
         sidecar = export_engines(config, args.out_dir, opset=args.opset, generator_hw=args.generator_hw,
-                                 classifier_hw=args.classifier_hw, exporter=args.exporter)
+                                 classifier_hw=args.classifier_hw, exporter=args.exporter, precision=precision)
     except (FileNotFoundError, ValueError) as exc:
         LOG.error("%s", exc)
         return 2
@@ -224,8 +227,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         if info[kind] is None:  # FC-CLIP alone: the classifier role is part of the generator engine
             continue
         shapes = ", ".join(f"{i['name']} {i['shape']}" for i in info[kind]["inputs"])
-        print(f"{args.out_dir / info[kind]['file']}: {shapes}")
-    print(f"{sidecar}: names, shapes, normalisation, resolved config")
+        print(f"{args.out_dir / info[kind]['file']}: {shapes} ({info['precision']})")
+    print(f"{sidecar}: names, shapes, dtypes, normalisation, resolved config")
     return 0
 
 

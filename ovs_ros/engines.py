@@ -508,18 +508,34 @@ def _default_hw(short_side: int, long_side: Optional[int], divisibility: int) ->
     return up(short_side), up(long_side if long_side is not None else round(short_side * 4 / 3))
 
 
+EXPORT_PRECISIONS = ("fp32", "fp16")
+
+
+def fp32_islands(module: nn.Module) -> List[str]:
+    """Names of the submodules that keep fp32 weights and compute under half precision (`runs_in_fp32`)."""
+    return [name for name, sub in module.named_modules() if getattr(sub, "runs_in_fp32", False)]
+
+
 def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET,
                    generator_hw: Optional[Sequence[int]] = None, classifier_hw: Optional[Sequence[int]] = None,
-                   exporter: str = "torchscript") -> Path:
-    """Write `generator.onnx`, `classifier.onnx` and `engines.json` (names, shapes, normalisation, resolved config) to
-    `out_dir`; returns the sidecar's path. Shapes: the arguments, else the config's `fixed_hw`, else landscape
-    (short side, long side cap) rounded up to the size divisibility. Models are built on the CPU in fp32."""
+                   exporter: str = "torchscript", precision: str = "fp32") -> Path:
+    """Write `generator.onnx`, `classifier.onnx` and `engines.json` (names, shapes, dtypes, normalisation, resolved
+    config) to `out_dir`; returns the sidecar's path. Shapes: the arguments, else the config's `fixed_hw`, else
+    landscape (short side, long side cap) rounded up to the size divisibility.
+
+    Models are built on the CPU in `precision`. fp16 exports the models as they run at fp16 (not a post-hoc type
+    conversion): fp16 weights, inputs and outputs, with fp32 islands where the runtime keeps fp32 (the deformable
+    pixel decoder, `fp32_islands`: fp32 weights, Cast nodes at its borders). That is the graph TensorRT 11 needs
+    (strongly typed: the graph's own types decide the precision; there is no builder fp16 flag)."""
     import dataclasses
 
     from ovs_ros.model_factory import build_models
     from ovs_ros.segmenter_config import load_segmenter_config
 
-    config = load_segmenter_config(config, {"device": "cpu", "precision": "fp32", "backend": "eager"})
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"ovs-export writes {' or '.join(EXPORT_PRECISIONS)} graphs, not {precision!r}")
+    config = load_segmenter_config(config, {"device": "cpu", "precision": precision, "precision_fallback": False,
+                                            "backend": "eager"})
     models = build_models(config)
     generator, classifier = models.generator, models.classifier
     g_hw = tuple(generator_hw or config.generator.fixed_hw or _default_hw(
@@ -538,8 +554,10 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
     def sha256(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
+    # fp32 graphs run in onnxruntime as they are; fp16 ones are for TensorRT (`backend: onnxruntime` is fp32-only):
+    # build .plan files with trtexec and set tensorrt_generator_plan / tensorrt_classifier_plan.
     resolved = dataclasses.replace(
-        config, backend="onnxruntime",
+        config, backend="onnxruntime" if precision == "fp32" else "tensorrt",
         generator=dataclasses.replace(config.generator, fixed_hw=g_hw),
         classifier=dataclasses.replace(config.classifier, fixed_hw=None if in_generator else c_hw),
     )
@@ -554,6 +572,7 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
             "normalisation": {"pixel_mean_01": list(module.pixel_mean_01), "pixel_std_01": list(module.pixel_std_01),
                               "note": normalisation_note},
             "size_divisibility": module.size_divisibility,
+            "fp32_islands": fp32_islands(module) if precision != "fp32" else [],
         }
 
     normalisation_note = ("RGB scaled to 0-1, (x - mean) / std per channel, resized to fit the fixed H x W (aspect "
@@ -564,7 +583,9 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
         "opset": opset,
         "torch_version": torch.__version__,
         "exporter": exporter,
-        "precision": "fp32",
+        "precision": precision,
+        "dtype_note": "feed and read every input / output in the dtype listed with it (an fp16 graph takes and "
+                      "returns float16; its fp32 islands cast inside the graph)",
         "generator": {
             **engine_entry(gen_path, generator),
             "num_queries": num_queries,

@@ -38,14 +38,16 @@ def sine_position_embedding(batch_size: int, height: int, width: int, num_pos_fe
     """DETR's normalised sine embedding for a mask-free map: `[B, 2 * num_pos_feats, H, W]` (y features first).
 
     Coordinates are `1..H` / `1..W` scaled to `(0, 2 pi]` as in detectron2's `PositionEmbeddingSine(normalize=True)`.
+    Built in fp32 and cast to `dtype` at the end (the same numbers in fp32): an fp16 `arange` exports as an ONNX
+    `Range` on float16, a type ONNX's Range does not have, so an fp16 graph would fail `onnx.checker`.
     """
     eps = 1e-6
     scale = 2 * math.pi
-    y_embed = torch.arange(1, height + 1, device=device, dtype=dtype)
-    x_embed = torch.arange(1, width + 1, device=device, dtype=dtype)
+    y_embed = torch.arange(1, height + 1, device=device, dtype=torch.float32)
+    x_embed = torch.arange(1, width + 1, device=device, dtype=torch.float32)
     y_embed = y_embed / (y_embed[-1:] + eps) * scale
     x_embed = x_embed / (x_embed[-1:] + eps) * scale
-    dim_t = torch.arange(num_pos_feats, device=device, dtype=torch.int64).to(dtype)
+    dim_t = torch.arange(num_pos_feats, device=device, dtype=torch.int64).float()
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
     pos_y = y_embed[:, None] / dim_t  # [H, F]
     pos_x = x_embed[:, None] / dim_t  # [W, F]
@@ -54,7 +56,7 @@ def sine_position_embedding(batch_size: int, height: int, width: int, num_pos_fe
     pos_y = pos_y[:, None, :].expand(height, width, num_pos_feats)
     pos_x = pos_x[None, :, :].expand(height, width, num_pos_feats)
     pos = torch.cat((pos_y, pos_x), dim=2)
-    return pos.permute(2, 0, 1)[None].expand(batch_size, -1, -1, -1)
+    return pos.permute(2, 0, 1)[None].expand(batch_size, -1, -1, -1).to(dtype)
 
 
 class ConvNorm(nn.Conv2d):
