@@ -1019,7 +1019,7 @@ def test_lifecycle_managed_compressed_input(domain, client, tmp_path):
     ("overlay_alpha", 1, "expecting type 'DOUBLE'"),  # int for a double: rclpy refuses it while declaring
     ("input_depth", 0, "out of range"),
     ("input_reliability", "sometimes", "input_reliability='sometimes' not allowed"),  # allowed values: configure
-    ("backend", "tensorrt", "backend='tensorrt' not allowed"),
+    ("backend", "openvino", "backend='openvino' not allowed"),
 ])
 def test_bad_start_up_parameter_exits_1_without_traceback(domain, tmp_path, name, value, expected):
     proc = NodeProcess(domain, f"/ovs_badparam_{os.getpid()}", params={name: value}, log_dir=tmp_path).start()
