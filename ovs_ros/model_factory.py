@@ -59,9 +59,16 @@ def build_generator(settings: GeneratorSettings, weights_dir: Optional[Path]) ->
             variant, training_vocabulary=settings.training_vocabulary, checkpoint=settings.checkpoint,
             random_seed=settings.random_seed,
             card_weights=lambda: resolve_weights(load_card(settings.card), weights_dir) if settings.card else None)
+    if family == "maftp":  # MAFT+ generator: FC-CLIP + CDT (ovs_ros/models/maftp/factory.py)
+        from ovs_ros.models.maftp.factory import build_maftp_generator
+
+        return build_maftp_generator(
+            variant, training_vocabulary=settings.training_vocabulary, checkpoint=settings.checkpoint,
+            random_seed=settings.random_seed,
+            card_weights=lambda: resolve_weights(load_card(settings.card), weights_dir) if settings.card else None)
     if family != "mask2former":
-        raise ValueError(f"unknown generator architecture {settings.architecture!r} (expected mask2former/<variant> "
-                         "or fcclip/<variant>)")
+        raise ValueError(f"unknown generator architecture {settings.architecture!r} (expected mask2former/<variant>, "
+                         "fcclip/<variant> or maftp/<variant>)")
     if variant == "tiny":
         synonyms = load_training_synonyms(settings.training_vocabulary)
         config = dataclasses.replace(

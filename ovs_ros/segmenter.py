@@ -113,7 +113,9 @@ class Segmenter:
         if getattr(self.generator, "open_vocabulary", False):
             from ovs_ros.models.fcclip.runtime import FCCLIPRuntime
 
-            self._fcclip = FCCLIPRuntime(self.generator, cache_dir=cache_dir, device=self.device)
+            # MAFT+ brings its own (FC-CLIP's + the CDT on the cached text classifier, per frame)
+            runtime_class = getattr(self.generator, "runtime_class", None) or FCCLIPRuntime
+            self._fcclip = runtime_class(self.generator, cache_dir=cache_dir, device=self.device)
         self._classifier_in_generator = bool(getattr(self.classifier, "uses_generator_pass", False))
         if self._classifier_in_generator and self._fcclip is None:
             raise ValueError("classifier 'fcclip' (FC-CLIP's own out-of-vocabulary branch) needs an fcclip/<variant> "

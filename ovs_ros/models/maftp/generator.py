@@ -35,6 +35,13 @@ class MAFTPlusGenerator(FCCLIPGenerator):
 
     output_type = MAFTPlusOutput
 
+    @property
+    def runtime_class(self) -> type:
+        """The Segmenter's vocabulary side for this generator (`runtime.MAFTPlusRuntime`)."""
+        from .runtime import MAFTPlusRuntime
+
+        return MAFTPlusRuntime
+
     def __init__(self, config: MAFTPlusConfig, clip_model: Optional[nn.Module] = None):
         super().__init__(config, clip_model)
         if config.cdt_dim != self.backbone.embed_dim:
