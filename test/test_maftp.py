@@ -341,3 +341,48 @@ def test_released_variants_are_maftp_configs():
     assert "tiny" in VARIANTS
     with pytest.raises(ValueError, match="unknown MAFT\\+ variant"):
         maftp_config("huge", "coco_panoptic")
+
+
+def test_the_fcclip_half_is_fcclip(model):
+    """MAFT+'s masks, decoder embeddings and mask-pooled CLIP embeddings are FC-CLIP's on the same weights."""
+    from ovs_ros.models.fcclip import FCCLIPConfig, FCCLIPGenerator
+
+    fcclip = FCCLIPGenerator(FCCLIPConfig.tiny()).eval()
+    fcclip.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("cdt.")}, strict=True)
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        a, b = model(pixels), fcclip(pixels)
+    for name in ("mask_logits", "class_embeddings", "clip_mask_embeddings"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_cdt_stays_fp32_when_the_generator_runs_in_half_precision():
+    from ovs_ros.model_factory import keep_fp32_islands
+
+    torch.manual_seed(0)
+    gen = keep_fp32_islands(MAFTPlusGenerator(MAFTPlusConfig.tiny()).to(torch.bfloat16)).eval()
+    assert gen.cdt.cross_atten.norm.weight.dtype == torch.float32
+    with torch.no_grad():
+        out = gen(torch.randn(1, 3, 64, 64).to(torch.bfloat16))
+        text = gen.text_classifier(text_rows(4, 64, 13))
+        transferred = gen.transferred_text_classifier(out.clip_dense_embeddings, text)
+    assert transferred.dtype == torch.float32 and torch.isfinite(transferred).all()
+
+
+def test_cards_name_the_released_files():
+    from ovs_ros.models.cards import ModelCard
+    from ovs_ros.paths import share_dir
+    from ovs_ros.weights import cards_for
+
+    pan = ModelCard.from_yaml(share_dir() / "models" / "maftp_l_pan_coco_panoptic.yaml")
+    b = ModelCard.from_yaml(share_dir() / "models" / "maftp_b_coco_stuff.yaml")
+    assert (pan.architecture, pan.filename, pan.google_drive_id) == (
+        "maftp/convnext_large_d_320_pan", "maftp_l_pano.pth", "1znk_uco8fwvbA0kndy4kGyVp22KbQr6g")
+    assert (b.architecture, b.filename, b.google_drive_id) == (
+        "maftp/convnext_base_w_320", "maftp_b.pth", "1BeEeKOnWWIWIH-QWK_zLhAPUzCOnHuFG")
+    for card in (pan, b):
+        assert (card.object_mask_threshold, card.overlap_threshold) == (0.2, 0.7)
+        assert card.input_short_side == 800 and card.loadable
+    assert pan.published["ade150_pq"] == 27.1 and b.published["ade150_miou"] == 34.6
+    names = {c.name for c in cards_for("eva02_l14_336_wtext_maftl_pan")}
+    assert names == {"maftp_l_pan_coco_panoptic", "maskclippp_eva02_l14_336_wtext_coco_stuff"}

@@ -119,9 +119,14 @@ def test_cdt_runs_per_frame_on_the_cached_classifier(alone):
 def test_as_the_generator_of_a_maskclippp_classifier():
     """MaskCLIP++ pairs MAFT+ through its FCCLIPSegmentor: masks and the decoder's logits, no CDT."""
     segmenter = Segmenter.from_config("maftp_tiny_random", {
-        "classifier.model_name": "tiny-convnext", "classifier.input_short_side": 128})
+        **SMALL, "classifier.model_name": "tiny-convnext", "classifier.input_short_side": 128})
     result = segmenter.segment(image(3))
     assert "classifier" in result.timings_ms and result.panoptic.shape == (120, 160)
+    assert result.segments
+    randomise_cdt(segmenter, 9)  # the pairing never runs the CDT: nothing changes
+    again = segmenter.segment(image(3))
+    assert np.array_equal(result.panoptic, again.panoptic)
+    assert [s.score for s in result.segments] == [s.score for s in again.segments]
 
 
 def test_onnx_engine_carries_the_dense_embeddings_and_matches_eager(tmp_path):
@@ -159,3 +164,26 @@ def test_released_maftp_configs_carry_the_reference_settings(caplog):
     b = load_segmenter_config("maftp_b")
     assert b.generator.architecture == "maftp/convnext_base_w_320"
     assert (b.object_mask_threshold, b.overlap_threshold) == (0.2, 0.7)
+
+
+def test_a_released_layout_file_loads_through_the_config(tmp_path):
+    """`generator.checkpoint` goes through the MAFT+ key map (every tensor from the file, CDT included)."""
+    from ovs_ros.models.maftp import MAFTPlusConfig, to_released_state_dict
+
+    torch.manual_seed(5)
+    source = MAFTPlusGenerator(MAFTPlusConfig.tiny())
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in source.cdt.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    path = tmp_path / "maftp_tiny.pth"
+    torch.save({"model": to_released_state_dict(source, teacher=True)}, path)
+    segmenter = Segmenter.from_config("maftp_tiny_random", {**SMALL, "generator.checkpoint": str(path)})
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(segmenter.generator.state_dict()[name], tensor), name
+    assert segmenter.segment(image(5)).panoptic.shape == (120, 160)
+
+
+def test_an_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown MAFT\\+ variant 'huge'"):
+        Segmenter.from_config("maftp_tiny_random", {"generator.architecture": "maftp/huge"})
