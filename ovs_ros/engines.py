@@ -512,7 +512,8 @@ EXPORT_PRECISIONS = ("fp32", "fp16")
 
 
 def fp32_islands(module: nn.Module) -> List[str]:
-    """Names of the submodules that keep fp32 weights and compute under half precision (`runs_in_fp32`)."""
+    """Names of the submodules kept in fp32 under half precision (`runs_in_fp32`); those on the exported image path
+    (the deformable pixel decoder) compute in fp32 inside the graph, others (MAFT+'s per-frame CDT) run eager."""
     return [name for name, sub in module.named_modules() if getattr(sub, "runs_in_fp32", False)]
 
 
