@@ -384,5 +384,8 @@ def test_cards_name_the_released_files():
         assert (card.object_mask_threshold, card.overlap_threshold) == (0.2, 0.7)
         assert card.input_short_side == 800 and card.loadable
     assert pan.published["ade150_pq"] == 27.1 and b.published["ade150_miou"] == 34.6
+    large = ModelCard.from_yaml(share_dir() / "models" / "maftp_l_coco_stuff.yaml")
+    assert (large.architecture, large.filename, large.google_drive_id) == (
+        "maftp/convnext_large_d_320", "maftp_l.pth", "1EQo5guVuKkSSZj4bv0FQN_4X9h_Rwfe5")
     names = {c.name for c in cards_for("eva02_l14_336_wtext_maftl_pan")}
     assert names == {"maftp_l_pan_coco_panoptic", "maskclippp_eva02_l14_336_wtext_coco_stuff"}
