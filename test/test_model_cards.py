@@ -131,6 +131,10 @@ def test_card_refuses_alpha_with_the_ensemble_off():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_shipped_config_runs_its_reference_settings_or_says_it_is_fast(name):
+    if name == "eva02_l14_336_wtext_maftl_pan":  # refused until the _wtext card loads (test_maftp_segmenter.py)
+        with pytest.raises(ConfigError, match="cannot be loaded by this version"):
+            load_segmenter_config(name)
+        return
     config = load_segmenter_config(name)
     reference = reference_settings(config)
     departures = reference_overrides(config)

@@ -37,7 +37,7 @@ class ModelCard:
     role: str  # "generator" | "classifier"
     architecture: str  # e.g. "mask2former/swin_tiny_coco_panoptic", "EVA02-B-16"
     filename: str  # file name under the weights directory
-    format: str  # "hf_safetensors" | "detectron2_pkl" | "maskclippp_pth" | "fcclip_pth" | "ovs_safetensors" (export)
+    format: str  # hf_safetensors | detectron2_pkl | maskclippp_pth | fcclip_pth | maftp_pth | ovs_safetensors
     hf_hub_id: Optional[str] = None  # e.g. "facebook/mask2former-swin-tiny-coco-panoptic"
     hf_filename: Optional[str] = None  # file inside the hub repo, e.g. "model.safetensors"
     url: Optional[str] = None  # where the original file is published (informational; `ovs-weights` uses hub / Drive)
