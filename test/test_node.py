@@ -59,7 +59,7 @@ class Streams:
         self.overlay = client.subscribe(Image, f"{fqn}/overlay")
         self.labels = client.subscribe(String, f"{fqn}/labels", depth=10, transient_local=True)
         self.diagnostics = client.subscribe(DiagnosticArray, "/diagnostics", depth=20)
-        self.image_pub = client.publisher(Image, f"{ns}/image", reliable=True, depth=10)
+        self.image_pub = client.publisher(Image, f"{ns}/image", reliable=True, depth=200)
 
     def latest_labels(self) -> dict:
         msgs = self.labels.messages()
@@ -80,7 +80,9 @@ class Streams:
                 if ok(msg):
                     return diagnostics_values(msg, self.fqn)
             time.sleep(0.1)
-        raise AssertionError(f"no matching /diagnostics from {self.fqn} within {timeout} s")
+        last = next((diagnostics_values(m, self.fqn) for _, m in reversed(self.diagnostics.items[start:])
+                     if diagnostics_values(m, self.fqn)), None)
+        raise AssertionError(f"no matching /diagnostics from {self.fqn} within {timeout} s; last: {last}")
 
 
 def wait_ready(node: NodeProcess, streams: Streams, timeout: float = START_TIMEOUT) -> None:
@@ -127,7 +129,9 @@ def _serving(proc, client, ns):
 def node(domain, client, tmp_path_factory):
     ns = f"/ovs_test_{os.getpid()}"
     proc = NodeProcess(domain, ns, params={
-        "vocabulary": VOCAB_A, "max_vocabulary_size": 50, "input_reliability": "reliable", "input_depth": 10,
+        # depth 100: the malformed-input burst (101 messages) must not overflow the reader's history on a loaded
+        # machine, where the executor can fall behind for a moment (KEEP_LAST replaces what was not taken yet)
+        "vocabulary": VOCAB_A, "max_vocabulary_size": 50, "input_reliability": "reliable", "input_depth": 100,
         "diagnostics_period": 0.5, **FAST,
     }, log_dir=tmp_path_factory.mktemp("node_logs")).start()
     streams = _serving(proc, client, ns)
@@ -706,7 +710,7 @@ def test_malformed_messages_counted_node_survives(node, client):
     msgs = _malformed_messages(client)
     for _, m in msgs:
         streams.image_pub.publish(m)
-        time.sleep(0.005)
+        time.sleep(0.01)
     big = Image(encoding="mono8", height=8192, width=8192, step=8192)  # one real 64 MB frame
     big.data = np.zeros(8192 * 8192, np.uint8).tobytes()
     big.header.stamp = client.now_msg()
