@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ovs_ros.engine_modules import EngineClassifier, EngineGenerator
-from ovs_ros.engines import ClassifierExportWrapper, GeneratorExportWrapper, _check_hw
+from ovs_ros.engines import ClassifierExportWrapper, GeneratorExportWrapper, fixed_engine_shapes
 
 LOG = logging.getLogger(__name__)
 WARMUP_RUNS = 3  # CUDA graphs are recorded on the third call of reduce-overhead
@@ -58,18 +58,8 @@ def _frame_marked(fn: Any, device: torch.device) -> Any:
 def build_compiled_engines(config: Any, generator: nn.Module, classifier: nn.Module, device: torch.device,
                            dtype: torch.dtype) -> CompiledEngines:
     """Compile and warm up both engines at the config's `fixed_hw` (FC-CLIP alone: the generator only)."""
-    from ovs_ros.config_utils import ConfigError
-
-    in_generator = bool(getattr(classifier, "uses_generator_pass", False))
-    if config.generator.fixed_hw is None or (config.classifier.fixed_hw is None and not in_generator):
-        raise ConfigError("backend compiled compiles fixed-shape engines: set generator.fixed_hw and "
-                          "classifier.fixed_hw (H, W), multiples of each model's size_divisibility")
-    try:
-        gen_hw = _check_hw(config.generator.fixed_hw, generator.size_divisibility, "generator.fixed_hw")
-        clip_hw = None if in_generator else _check_hw(config.classifier.fixed_hw, classifier.size_divisibility,
-                                                      "classifier.fixed_hw")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    gen_hw, clip_hw = fixed_engine_shapes(config, generator, classifier, "backend compiled compiles")
+    in_generator = clip_hw is None
     mode = config.compile_mode or default_compile_mode(device)
     start = time.perf_counter()
     gen_fn = _frame_marked(_compile(GeneratorExportWrapper(generator), mode, config.compile_backend), device)

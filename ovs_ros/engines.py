@@ -460,15 +460,32 @@ class OnnxRuntimeEngines:
     cache: EngineCache
 
 
+def fixed_engine_shapes(config, generator: nn.Module, classifier: nn.Module,
+                        lead: str) -> Tuple[Tuple[int, int], Optional[Tuple[int, int]]]:
+    """(generator H, W; classifier H, W or None when FC-CLIP alone classifies inside the generator pass) that every
+    engine backend builds for, checked against the models' size divisibility; `lead` starts the error
+    ("backend compiled compiles")."""
+    from ovs_ros.config_utils import ConfigError
+
+    in_generator = bool(getattr(classifier, "uses_generator_pass", False))  # FC-CLIP alone: one engine only
+    if config.generator.fixed_hw is None or (config.classifier.fixed_hw is None and not in_generator):
+        raise ConfigError(f"{lead} fixed-shape engines: set generator.fixed_hw and classifier.fixed_hw (H, W), "
+                          "multiples of each model's size_divisibility")
+    try:
+        gen_hw = _check_hw(config.generator.fixed_hw, generator.size_divisibility, "generator.fixed_hw")
+        clip_hw = None if in_generator else _check_hw(config.classifier.fixed_hw, classifier.size_divisibility,
+                                                      "classifier.fixed_hw")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return gen_hw, clip_hw
+
+
 def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Module,
                               device: torch.device) -> OnnxRuntimeEngines:
     """Export (or reuse from the cache) both engines for the config's `fixed_hw` and wrap them in onnxruntime."""
     from ovs_ros.config_utils import ConfigError
 
-    in_generator = bool(getattr(classifier, "uses_generator_pass", False))  # FC-CLIP alone: one engine only
-    if config.generator.fixed_hw is None or (config.classifier.fixed_hw is None and not in_generator):
-        raise ConfigError("backend onnxruntime runs fixed-shape engines: set generator.fixed_hw and "
-                          "classifier.fixed_hw (H, W), multiples of each model's size_divisibility")
+    in_generator = fixed_engine_shapes(config, generator, classifier, "backend onnxruntime runs")[1] is None
     from ovs_ros.segmenter_config import resolve_precision
 
     # the precision the run uses on this device (an fp16 config on a CPU runs fp32, and so can onnxruntime)
@@ -476,12 +493,6 @@ def build_onnxruntime_engines(config, generator: nn.Module, classifier: nn.Modul
     if precision != "fp32":
         raise ConfigError("backend onnxruntime runs the fp32 ONNX engines; use precision fp32 (for fp16 build a "
                           "TensorRT engine from `ovs-export` output with `trtexec --fp16`)")
-    try:
-        _check_hw(config.generator.fixed_hw, generator.size_divisibility, "generator.fixed_hw")
-        if not in_generator:
-            _check_hw(config.classifier.fixed_hw, classifier.size_divisibility, "classifier.fixed_hw")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
     cache = EngineCache(config.engine_cache_dir)
     num_queries = int(generator.config.num_queries)
     gen_path = cache.generator_engine(generator, config.generator.fixed_hw, precision=precision)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ovs_ros.engine_modules import EngineClassifier, EngineGenerator
 from ovs_ros.engines import (
-    DEFAULT_ENGINE_DIR, ClassifierExportWrapper, GeneratorExportWrapper, _check_hw, module_content_hash)
+    DEFAULT_ENGINE_DIR, ClassifierExportWrapper, GeneratorExportWrapper, fixed_engine_shapes, module_content_hash)
 
 LOG = logging.getLogger(__name__)
 TRT_FORMAT_VERSION = 1
@@ -171,16 +171,8 @@ def build_tensorrt_engines(config: Any, generator: nn.Module, classifier: nn.Mod
     from ovs_ros.config_utils import ConfigError
 
     require_cuda(device)
-    in_generator = bool(getattr(classifier, "uses_generator_pass", False))
-    if config.generator.fixed_hw is None or (config.classifier.fixed_hw is None and not in_generator):
-        raise ConfigError("backend tensorrt builds fixed-shape engines: set generator.fixed_hw and "
-                          "classifier.fixed_hw (H, W), multiples of each model's size_divisibility")
-    try:
-        gen_hw = _check_hw(config.generator.fixed_hw, generator.size_divisibility, "generator.fixed_hw")
-        clip_hw = None if in_generator else _check_hw(config.classifier.fixed_hw, classifier.size_divisibility,
-                                                      "classifier.fixed_hw")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    gen_hw, clip_hw = fixed_engine_shapes(config, generator, classifier, "backend tensorrt builds")
+    in_generator = clip_hw is None
     plans = (config.tensorrt_generator_plan, config.tensorrt_classifier_plan)
     if any(plans):
         gen_engine = TensorRTPlanEngine(Path(plans[0]).expanduser(), device) if plans[0] else None
