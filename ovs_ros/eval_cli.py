@@ -35,6 +35,7 @@ PUBLISHED_PREFIX = {
     "ade20k_150": "ade150",
     "ade20k_847": "a847",
     "coco_panoptic": "coco",
+    "coco_stuff_171": "cocostuff",
     "cityscapes_panoptic": "cityscapes",
     "mapillary_vistas_panoptic": "mapillary",
     "pascal_context_59": "pc59",

@@ -135,6 +135,7 @@ def write_layout(name, root, *, num_images=3, seed=0, vocabulary=None):
                        "ADEChallengeData2016/annotations_detectron2/validation", "png", 150, 255),
         "ade20k_847": ("ADE20K_2021_17_01/images_detectron2/validation",
                        "ADE20K_2021_17_01/annotations_detectron2/validation", "tif", 847, 65535),
+        "coco_stuff_171": ("coco/val2017", "coco/stuffthingmaps_detectron2/val2017", "png", 171, 255),
         "pascal_context_59": ("pascal_ctx_d2/images/validation", "pascal_ctx_d2/annotations_ctx59/validation", "png",
                               59, 255),
         "pascal_context_459": ("pascal_ctx_d2/images/validation", "pascal_ctx_d2/annotations_ctx459/validation",

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
 
-DATASET_KINDS = ("synthetic", "coco_panoptic")
-AUGMENTATIONS = ("lsj", "none")
+DATASET_KINDS = ("synthetic", "coco_panoptic", "coco_stuff")
+AUGMENTATIONS = ("lsj", "semantic", "none")
+# MaskCLIP++ COCO-Stuff `_wtext` recipe: MIN_SIZE_TRAIN = [int(x * 0.1 * 448) for x in range(3, 20)]
+WTEXT_SHORT_EDGES = [int(x * 0.1 * 448) for x in range(3, 20)]
 
 
 @dataclass
@@ -16,8 +18,10 @@ class DataConfig:
     """Where the training images, GT masks and class ids come from.
 
     Attributes:
-        kind: "synthetic" (`SyntheticMaskDataset`, for tests) or "coco_panoptic" (`COCOPanopticDataset`).
-        root: dataset root (coco_panoptic: holds `<split>/`, `panoptic_<split>/`, `annotations/panoptic_<split>.json`).
+        kind: "synthetic" (`SyntheticMaskDataset`, for tests), "coco_panoptic" (`COCOPanopticDataset`) or
+            "coco_stuff" (`COCOStuffDataset`, COCO-Stuff 164k semantic labels, one mask per class present).
+        root: dataset root (coco_panoptic: holds `<split>/`, `panoptic_<split>/`, `annotations/panoptic_<split>.json`;
+            coco_stuff: the datasets root holding `coco/<split>/` and `coco/stuffthingmaps_detectron2/<split>/`).
         split: e.g. "train2017".
         vocabulary: class names and synonyms in `ovs_ros.Vocabulary` form (a name in config/vocabularies such as
             "coco_panoptic", or a YAML path), matched to the dataset's category ids by `id`; None = the dataset's
@@ -28,7 +32,13 @@ class DataConfig:
             448, ConvNeXt and RN50x16 1024).
         augmentation: "lsj" = MaskCLIP++'s `coco_panoptic_lsj` mapper: RandomFlip -> ResizeScale(min_scale..
             max_scale of the target) -> FixedSizeCrop(target), image padded with 128, masks with void
-            (`datasets.LargeScaleJitter`); "none" = the samples as read (all images must share one size).
+            (`datasets.LargeScaleJitter`); "semantic" = MaskCLIP++'s COCO-Stuff `mask_former_semantic` mapper:
+            ResizeShortestEdge(`short_edge_choices`, `max_size`) -> random crop `image_size` (category-area
+            constraint `single_category_max_area`) -> ColorAugSSD (`color_aug_ssd`) -> RandomFlip
+            (`semantic_augmentation.SemanticAugmentation`); "none" = the samples as read.
+        short_edge_choices, max_size, single_category_max_area, color_aug_ssd: the "semantic" augmentation
+            (MaskCLIP++ `INPUT.MIN_SIZE_TRAIN` "choice", `MAX_SIZE_TRAIN`, `CROP.SINGLE_CATEGORY_MAX_AREA`,
+            `COLOR_AUG_SSD`; the `_wtext` recipe: `int(x * 0.1 * 448)` for x in 3..19, 4096, 1.0, true).
         min_scale, max_scale: ResizeScale range (MaskCLIP++ 0.1, 2.0).
         hflip: the RandomFlip of the LSJ (probability 0.5).
         num_workers: DataLoader workers (0 = in the main process). The augmentation of each sample is drawn from
@@ -45,13 +55,25 @@ class DataConfig:
     min_scale: float = 0.1
     max_scale: float = 2.0
     hflip: bool = True
+    short_edge_choices: List[int] = field(default_factory=lambda: list(WTEXT_SHORT_EDGES))
+    max_size: int = 4096
+    single_category_max_area: float = 1.0
+    color_aug_ssd: bool = True
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
             raise ConfigError(f"data.kind must be one of {DATASET_KINDS}, got {self.kind!r}")
-        if self.kind == "coco_panoptic" and not self.root:
-            raise ConfigError("data.root is required for kind coco_panoptic")
+        if self.kind in ("coco_panoptic", "coco_stuff") and not self.root:
+            raise ConfigError(f"data.root is required for kind {self.kind}")
+        if self.augmentation == "semantic" and self.kind != "coco_stuff":
+            raise ConfigError("data.augmentation semantic needs semantic labels (kind coco_stuff); panoptic and "
+                              "synthetic data take lsj or none")
+        if not self.short_edge_choices or min(self.short_edge_choices) < 1 or self.max_size < 1:
+            raise ConfigError(f"data.short_edge_choices must be positive sizes and data.max_size >= 1, got "
+                              f"{self.short_edge_choices} / {self.max_size}")
+        if not 0 < self.single_category_max_area <= 1.0:
+            raise ConfigError(f"data.single_category_max_area must be in (0, 1], got {self.single_category_max_area}")
         if self.image_size < 1 or self.num_images < 1:
             raise ConfigError("data.image_size and data.num_images must be >= 1")
         if self.augmentation not in AUGMENTATIONS:

@@ -31,19 +31,26 @@ SYNTHETIC_BACKGROUND = "stuff:grey background,grey wall"
 
 
 def collate_masks(samples: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
-    """Stack images; pad masks to `[B, N_max, H, W]` (False) and class ids to `[B, N_max]` (-1)."""
-    images = torch.stack([s["image"] for s in samples])
+    """Images padded to the batch's largest H and W (bottom / right, value 0) with their sizes in `image_sizes`
+    `[B, 2]`; masks to `[B, N_max, H, W]` (False) and class ids to `[B, N_max]` (-1). The model sets the padded
+    pixels to 0 after normalisation (`MaskClassificationModel.pixel_values`), as MaskCLIP++'s `PaddedList` pads
+    normalised images with 0; the LSJ recipe's images all have the crop size, so nothing is padded there."""
+    sizes = torch.tensor([tuple(s["image"].shape[-2:]) for s in samples], dtype=torch.long)
+    h, w = (int(v) for v in sizes.max(0).values)
     n_max = max(1, max(int(s["masks"].shape[0]) for s in samples))
-    b, _, h, w = images.shape
+    b = len(samples)
+    images = torch.zeros(b, 3, h, w, dtype=samples[0]["image"].dtype)
     masks = torch.zeros(b, n_max, h, w, dtype=torch.bool)
     class_ids = torch.full((b, n_max), IGNORE_CLASS, dtype=torch.long)
     for i, s in enumerate(samples):
         n = int(s["masks"].shape[0])
-        if tuple(s["masks"].shape[-2:]) != (h, w):
-            raise ValueError(f"sample {i}: masks {tuple(s['masks'].shape[-2:])} != image {(h, w)}")
-        masks[i, :n] = s["masks"]
+        sh, sw = s["image"].shape[-2:]
+        if tuple(s["masks"].shape[-2:]) != (sh, sw):
+            raise ValueError(f"sample {i}: masks {tuple(s['masks'].shape[-2:])} != image {(sh, sw)}")
+        images[i, :, :sh, :sw] = s["image"]
+        masks[i, :n, :sh, :sw] = s["masks"]
         class_ids[i, :n] = s["class_ids"]
-    return {"image": images, "masks": masks, "class_ids": class_ids}
+    return {"image": images, "masks": masks, "class_ids": class_ids, "image_sizes": sizes}
 
 
 class SyntheticMaskDataset(Dataset):
@@ -196,6 +203,45 @@ class COCOPanopticDataset(Dataset):
             "class_ids": torch.tensor(class_ids, dtype=torch.long),
         }
         return sample
+
+
+class COCOStuffDataset(Dataset):
+    """COCO-Stuff 164k for training, read through the evaluation layer's reader (`ovs_ros.evaluation.datasets.
+    coco_stuff_split`: `coco/<split>/*.jpg`, `coco/stuffthingmaps_detectron2/<split>/*.png`, class index 0..170,
+    unlabeled 255), so training and `ovs-eval` read one layout one way.
+
+    A sample carries the label map (`semantic`, for `SemanticAugmentation`, which rebuilds the masks after its
+    transform) and one mask per class present (for `augmentation: none`), as MaskCLIP++'s semantic mapper builds
+    `gt_masks`. The class index is the label value, in the order of the `coco_stuff_171` vocabulary.
+    """
+
+    def __init__(self, root: Union[str, Path], split: str = "train2017", *,
+                 vocabulary: Optional[Vocabulary] = None):
+        from ovs_ros.evaluation.datasets import coco_stuff_split
+
+        self.split_data = coco_stuff_split(root, split, vocabulary)
+        self.vocabulary = self.split_data.vocabulary
+        self.ignore_label = self.split_data.ignore_label
+
+    def __len__(self) -> int:
+        return len(self.split_data)
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        from .semantic_augmentation import masks_from_label_map
+
+        sample = self.split_data.samples[index]
+        image = sample.load_image()
+        label = sample.load_semantic()
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"{sample.semantic_path}: size {label.shape} != image {image.shape[:2]}")
+        known = (label == self.ignore_label) | ((label >= 0) & (label < len(self.vocabulary)))
+        if not known.all():
+            bad = sorted(set(np.unique(label[~known]).tolist()))
+            raise ValueError(f"{sample.semantic_path}: label values {bad} are neither a class index (0.."
+                             f"{len(self.vocabulary) - 1}) nor ignore {self.ignore_label}")
+        masks, class_ids = masks_from_label_map(label, self.ignore_label)
+        return {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                "semantic": torch.from_numpy(label), "masks": masks, "class_ids": class_ids}
 
 
 def masks_to_id_map(masks: Tensor) -> np.ndarray:

@@ -30,10 +30,12 @@ from ovs_ros.vocabulary import Vocabulary
 from .config import TrainConfig
 from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, restore_rng_states, rng_states
 from .distributed import average_gradients, barrier, gather_objects, mean_over_ranks, seed_rank, world
-from .datasets import IGNORE_CLASS, COCOPanopticDataset, LargeScaleJitter, SyntheticMaskDataset, collate_masks
+from .datasets import (IGNORE_CLASS, COCOPanopticDataset, COCOStuffDataset, LargeScaleJitter, SyntheticMaskDataset,
+                       collate_masks)
 from .export import export_classifier
 from .losses import class_balanced_cross_entropy, sample_synonym_rows
 from .optim import apply_trainable, build_optimizer, classifier_lr_multipliers
+from .semantic_augmentation import SemanticAugmentation
 from .sampling import AugmentedDataset, SeedWorker, TrainingStream, check_trainable_size
 
 LOG = logging.getLogger(__name__)
@@ -47,11 +49,27 @@ class MaskClassificationModel(nn.Module):
         self.classifier = classifier
         self.psm = psm
 
-    def pixel_values(self, images_uint8: Tensor) -> Tensor:
-        """`[B, 3, H, W]` uint8 RGB -> CLIP-normalised float (mean/std from the classifier, 0-1 scale)."""
+    def pixel_values(self, images_uint8: Tensor, image_sizes: Optional[Tensor] = None) -> Tensor:
+        """`[B, 3, H, W]` uint8 RGB -> CLIP-normalised float (mean/std from the classifier, 0-1 scale); pixels
+        outside `image_sizes` (`[B, 2]`, the collate's padding) are 0 after normalisation, as MaskCLIP++ pads."""
         mean = torch.tensor(self.classifier.pixel_mean_01, device=images_uint8.device).view(1, 3, 1, 1)
         std = torch.tensor(self.classifier.pixel_std_01, device=images_uint8.device).view(1, 3, 1, 1)
-        return (images_uint8.float() / 255.0 - mean) / std
+        values = (images_uint8.float() / 255.0 - mean) / std
+        if image_sizes is not None:
+            for i, (h, w) in enumerate(image_sizes.tolist()):
+                values[i, :, h:, :] = 0
+                values[i, :, :, w:] = 0
+        return values
+
+    def pad_to_stride(self, pixel_values: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
+        """Pad bottom / right with 0 to multiples of the classifier's stride (MaskCLIP++ `PaddedList.from_tensors`
+        with `size_divisibility`); a no-op for the LSJ crops, which already are."""
+        stride = int(self.classifier.size_divisibility)
+        h, w = pixel_values.shape[-2:]
+        pad = (0, (-w) % stride, 0, (-h) % stride)
+        if not any(pad):
+            return pixel_values, masks
+        return F.pad(pixel_values, pad, value=0.0), F.pad(masks, pad, value=0.0)
 
     def forward(self, pixel_values: Tensor, mask_probs: Tensor, text_embeddings: Tensor,
                 synonym_class_index: Tensor, num_classes: int) -> Tensor:
@@ -96,6 +114,10 @@ def build_transform(config: TrainConfig):
     data = config.data
     if data.augmentation == "none":
         return None
+    if data.augmentation == "semantic":
+        return SemanticAugmentation(data.short_edge_choices, max_size=data.max_size, crop_size=data.image_size,
+                                    single_category_max_area=data.single_category_max_area,
+                                    color_aug_ssd=data.color_aug_ssd, hflip=data.hflip)
     return LargeScaleJitter(data.image_size, min_scale=data.min_scale, max_scale=data.max_scale, hflip=data.hflip)
 
 
@@ -108,6 +130,8 @@ def build_dataset(config: TrainConfig) -> Dataset:
         from ovs_ros.paths import resolve_data_path
 
         vocabulary = Vocabulary.from_any(resolve_data_path(data.vocabulary, "config/vocabularies"))
+    if data.kind == "coco_stuff":
+        return COCOStuffDataset(data.root, data.split, vocabulary=vocabulary)
     return COCOPanopticDataset(data.root, data.split, vocabulary=vocabulary)
 
 
@@ -217,6 +241,8 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=True)
         masks = batch["masks"].to(self.device, non_blocking=True).float()
         class_ids = batch["class_ids"].to(self.device, non_blocking=True)
+        pixel_values, masks = self.model.pad_to_stride(self.model.pixel_values(images, batch.get("image_sizes")),
+                                                       masks)
         if self.config.ignore_empty_masks:
             class_ids = self._drop_empty(masks, class_ids)
         num_classes = len(self.vocabulary)
@@ -224,7 +250,7 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext())
         with autocast:
             text = self._text_embeddings(rows)
-            logits = self.model(self.model.pixel_values(images), masks, text,
+            logits = self.model(pixel_values, masks, text,
                                 torch.arange(num_classes, device=self.device), num_classes)
         loss = class_balanced_cross_entropy(logits.float(), class_ids, temperature=self.config.ce_temperature)
         self.optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from ovs_ros.vocabulary import Vocabulary
 from .ade20k import ade20k_150, ade20k_150_panoptic, ade20k_847
 from .base import DatasetLayoutError, EvalDataset, EvalSample, id2rgb, read_label_map, read_panoptic_png
 from .cityscapes import cityscapes_panoptic
-from .coco import coco_panoptic
+from .coco import coco_panoptic, coco_stuff_171, coco_stuff_split
 from .mapillary import mapillary_vistas_panoptic
 from .pascal import pascal_context_59, pascal_context_459, pascal_voc_20, pascal_voc_21
 
@@ -19,6 +19,7 @@ DATASETS: Dict[str, Callable[..., EvalDataset]] = {
     "ade20k_847": ade20k_847,
     "cityscapes_panoptic": cityscapes_panoptic,
     "coco_panoptic": coco_panoptic,
+    "coco_stuff_171": coco_stuff_171,
     "mapillary_vistas_panoptic": mapillary_vistas_panoptic,
     "pascal_context_59": pascal_context_59,
     "pascal_context_459": pascal_context_459,
@@ -35,5 +36,5 @@ def load_dataset(name: str, root: Union[str, Path],
     return DATASETS[name](root, vocabulary)
 
 
-__all__ = ["DATASETS", "DatasetLayoutError", "EvalDataset", "EvalSample", "id2rgb", "load_dataset",
+__all__ = ["DATASETS", "coco_stuff_split", "DatasetLayoutError", "EvalDataset", "EvalSample", "id2rgb", "load_dataset",
            "read_label_map", "read_panoptic_png"]
