@@ -304,3 +304,15 @@ def test_eva01_file_loads_through_its_own_rules(tmp_path):
     torch.save({"model": mixed}, tmp_path / "mixed.pth")
     with pytest.raises(KeyError, match=r"blocks\.0\.mlp\.w3\.weight"):
         load_maskclippp_checkpoint(dst, LinearPSM(num_templates=14, width=8), tmp_path / "mixed.pth")
+
+
+def test_text_tower_of_a_clip_without_a_text_submodule_loads_at_the_top_level(tmp_path):
+    """open_clip's `CLIP` (OpenAI-style ViTs) keeps the text names on the model itself, not under `text.`."""
+    from ovs_ros.models.clip import build_tiny_classifier, load_maskclippp_text_tower
+
+    clf = build_tiny_classifier("vit")
+    assert not hasattr(clf.model, "text")
+    text_sd = _eva_clip_text(11).state_dict()
+    load_maskclippp_text_tower(clf.model, text_sd, None, tmp_path / "x.pth")
+    for key, value in text_sd.items():
+        assert torch.equal(clf.model.state_dict()[key], value), key
