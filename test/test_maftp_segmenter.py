@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from ovs_ros.config_utils import ConfigError
 from ovs_ros.models.fcclip import synonym_text_classifier
 from ovs_ros.models.fcclip.runtime import fcclip_mask_probs
 from ovs_ros.models.maftp import MAFTPlusGenerator, maftp_class_probs
@@ -149,9 +148,24 @@ def test_onnx_engine_carries_the_dense_embeddings_and_matches_eager(tmp_path):
     assert [s.class_index for s in a.segments] == [s.class_index for s in b.segments]
 
 
-def test_wtext_maftl_pan_config_is_refused_until_the_wtext_card_loads():
-    with pytest.raises(ConfigError, match="maskclippp_eva02_l14_336_wtext_coco_stuff.*cannot be loaded"):
-        load_segmenter_config("eva02_l14_336_wtext_maftl_pan")
+def test_wtext_maftl_pan_config_resolves_to_the_ens_settings():
+    """MaskCLIPpp@8bf4718 ..._wtext_maft-l-pan_ens.yaml: ensemble on, alpha 0.9, beta MaskCLIP++'s default 1.0,
+    merge 0.2 / 0.7, 100-query MAFT+-L-pan at short side 800 (no cap), CLIP at 392, templates t1; seen = COCO-pan.
+    (Building it at full size with random weights takes about 60 s here: the key maps are tested on tiny models in
+    the released layouts, test_maskclippp_wtext_checkpoint.py.)"""
+    from ovs_ros.segmenter_config import reference_overrides
+
+    config = load_segmenter_config("eva02_l14_336_wtext_maftl_pan")
+    assert config.generator.architecture == "maftp/convnext_large_d_320_pan"
+    assert config.generator.card == "maftp_l_pan_coco_panoptic"
+    assert config.generator.training_vocabulary == "coco_panoptic"
+    assert (config.classifier.model_name, config.classifier.card, config.classifier.pretrained) == (
+        "EVA02-L-14-336", "maskclippp_eva02_l14_336_wtext_coco_stuff", "merged2b_s6b_b61k")
+    assert (config.ensemble_alpha, config.ensemble_beta) == (0.9, 1.0)
+    assert (config.object_mask_threshold, config.overlap_threshold) == (0.2, 0.7)
+    assert (config.generator.input_short_side, config.generator.max_long_side) == (800, 2560)
+    assert config.classifier.input_short_side == 392 and config.template_set == "t1"
+    assert config.profile == "reference" and reference_overrides(config) == []
 
 
 def test_released_maftp_configs_carry_the_reference_settings(caplog):

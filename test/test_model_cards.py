@@ -97,17 +97,29 @@ def test_every_classifier_card_states_its_evaluation_settings():
         assert card.template_set and card.psm and card.input_short_side, card.name
 
 
-def test_wtext_card_keeps_its_ens_settings_and_is_refused_with_a_clear_error(tmp_path):
+def test_wtext_and_eva01_cards_load_and_keep_their_settings(tmp_path):
     card = _card("maskclippp_eva02_l14_336_wtext_coco_stuff")
     assert (card.ensemble_on, card.evaluation_alpha_beta(), card.template_set) == (True, (0.9, 1.0), "t1")
-    assert card.text_tower_tuned and not card.loadable
+    assert card.text_tower_tuned and card.loadable
     for name in ("maskclippp_eva02_l14_336_wtext_coco_stuff", "maskclippp_eva01_g14_plus_coco_panoptic"):
         card = _card(name)
-        with pytest.raises(ConfigError, match="cannot be loaded by this version"):
-            load_segmenter_config({"classifier": {"model_name": card.architecture, "card": name}})
-        (tmp_path / card.filename).write_bytes(b"x")  # even with the file on disk
-        with pytest.raises(WeightsNotFoundError, match="cannot be loaded"):
-            resolve_weights(card, tmp_path)
+        config = load_segmenter_config({"classifier": {"model_name": card.architecture, "card": name}})
+        assert config.classifier.pretrained == card.base_clip_pretrained, name
+        (tmp_path / card.filename).write_bytes(b"x")
+        assert resolve_weights(card, tmp_path) == tmp_path / card.filename
+
+
+def test_a_card_this_version_cannot_load_is_refused_with_its_reason(tmp_path):
+    text = (share_dir() / "models" / "maskclippp_eva02_b16_coco_panoptic.yaml").read_text()
+    text += "\nloadable: false\nnot_loadable_reason: its frobnicator keys have no map yet\n"
+    path = tmp_path / "maskclippp_eva02_b16_coco_panoptic.yaml"
+    path.write_text(text)
+    card = ModelCard.from_yaml(path)
+    with pytest.raises(ConfigError, match="cannot be loaded by this version: its frobnicator keys"):
+        load_segmenter_config({"classifier": {"model_name": card.architecture, "card": str(path)}})
+    (tmp_path / card.filename).write_bytes(b"x")  # even with the file on disk
+    with pytest.raises(WeightsNotFoundError, match="cannot be loaded.*frobnicator"):
+        resolve_weights(card, tmp_path)
 
 
 def test_mask2former_generator_cards_carry_maskclippp_pairing():
@@ -131,10 +143,6 @@ def test_card_refuses_alpha_with_the_ensemble_off():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_shipped_config_runs_its_reference_settings_or_says_it_is_fast(name):
-    if name == "eva02_l14_336_wtext_maftl_pan":  # refused until the _wtext card loads (test_maftp_segmenter.py)
-        with pytest.raises(ConfigError, match="cannot be loaded by this version"):
-            load_segmenter_config(name)
-        return
     config = load_segmenter_config(name)
     reference = reference_settings(config)
     departures = reference_overrides(config)

@@ -228,8 +228,6 @@ def test_every_shipped_segmenter_config_resolves():
     names = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "config" / "segmenter").glob("*.yaml"))
     assert {"tiny", "eva02_b16_swin_tiny", "eva02_l14_336_swin_large", "convnext_b_swin_tiny"} <= set(names)
     for name in names:
-        if name == "eva02_l14_336_wtext_maftl_pan":  # refused until the _wtext card loads (test_maftp_segmenter.py)
-            continue
         config = load_segmenter_config(name)
         assert config.generator.input_short_side and config.classifier.input_short_side, name
         assert config.ensemble_alpha is not None, name

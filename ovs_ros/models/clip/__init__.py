@@ -7,6 +7,7 @@ from .convert import (
     load_ovs_classifier_checkpoint,
     maskclippp_checkpoint_family,
 )
+from .convert_text import load_maskclippp_text_tower, split_maskclippp_text_state_dict
 from .psm import PSM_KINDS, IdentityPSM, LinearPSM, PseudoTextPSM, build_psm, mask_class_logits, scaled_cosine
 from .towers import ClipClassifier, MaskEmbeddingOutput, build_open_clip_model, detect_family
 from .tiny import TINY_FAMILIES, build_tiny_classifier
@@ -27,8 +28,10 @@ __all__ = [
     "convert_maskclippp_eva_state_dict",
     "detect_family",
     "load_maskclippp_checkpoint",
+    "load_maskclippp_text_tower",
     "load_ovs_classifier_checkpoint",
     "maskclippp_checkpoint_family",
     "mask_class_logits",
     "scaled_cosine",
+    "split_maskclippp_text_state_dict",
 ]

@@ -6,7 +6,11 @@ EVA-CLIP visual tower), `visual_encoder.mask_logit_scale` `[3, heads]` and `psm.
 (corrections.md 4): `attn.q_bias`/`v_bias` -> `attn.q_proj.bias`/`v_proj.bias`; `mlp.w1`/`w2`/`w3`/`ffn_ln` ->
 `mlp.fc1_g`/`fc1_x`/`fc2`/`norm` (EVA-CLIP SwiGLU: `w3(ffn_ln(silu(w1 x) * w2 x))`, timm: `fc2(norm(silu(fc1_g x) *
 fc1_x x))`); `attn.inner_attn_ln` -> `attn.norm`; `head` -> `trunk.head`. Our visual names are those of open_clip's
-`TimmModel` (`trunk.*`), i.e. `ClipClassifier.model.visual`.
+`TimmModel` (`trunk.*`), i.e. `ClipClassifier.model.visual`. EVA01-g (EVA-CLIP `subln` and `naiveswiglu` off)
+has a fused `attn.qkv` (no bias) with separate `q_bias` / `v_bias` and a plain `mlp.fc1` / `fc2`, no RoPE: timm's
+`eva_giant_patch14_224` (`qkv_fused=True`, plain `Mlp`) uses exactly these names, so its rules keep them; which rule
+set applies follows the file's blocks (`attn.qkv.weight` or `attn.q_proj.weight`). `_wtext` files also hold the
+tuned text tower (`text_encoder.*`, `convert_text.py`).
 
 ConvNeXt checkpoints (`vencoder/clip_convnext.py`): the reference builds the tower with open_clip too
 (`proxy = open_clip...visual`, a `TimmModel` around timm's ConvNeXt), so `visual_encoder.proxy.<key>` is our
@@ -22,6 +26,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from .convert_text import load_maskclippp_text_tower, split_maskclippp_text_state_dict
 
 VISUAL_PREFIX = "visual_encoder.proxy."
 MASK_LOGIT_SCALE_KEY = "visual_encoder.mask_logit_scale"
@@ -50,14 +56,31 @@ _EVA_TOP_RENAMES = (
     (r"norm\.(weight|bias)", r"trunk.norm.\1"),
     (r"head\.(weight|bias)", r"trunk.head.\1"),
 )
+# EVA01 (fused qkv, plain MLP): EVA-CLIP and timm agree on every block name.
+_EVA01_BLOCK_RENAMES = (
+    (r"norm1\.(weight|bias)", r"norm1.\1"),
+    (r"norm2\.(weight|bias)", r"norm2.\1"),
+    (r"attn\.qkv\.weight", r"attn.qkv.weight"),
+    (r"attn\.q_bias", r"attn.q_bias"),
+    (r"attn\.v_bias", r"attn.v_bias"),
+    (r"attn\.proj\.(weight|bias)", r"attn.proj.\1"),
+    (r"mlp\.fc1\.(weight|bias)", r"mlp.fc1.\1"),
+    (r"mlp\.fc2\.(weight|bias)", r"mlp.fc2.\1"),
+)
+EVA_VARIANTS = {"eva02": _EVA_BLOCK_RENAMES, "eva01": _EVA01_BLOCK_RENAMES}
 # Non-persistent in EVA-CLIP (recomputed from the grid, `eva_clip/rope.py`): skipped by name if a file has them.
 _EVA_IGNORED = (r"rope\.freqs_cos", r"rope\.freqs_sin")
 
 
-def _rename_eva_visual(key: str) -> Optional[str]:
+def eva_variant(keys) -> str:
+    """"eva01" when the blocks hold a fused `attn.qkv.weight` (EVA-CLIP visual names or timm's), else "eva02"."""
+    return "eva01" if any(re.search(r"(^|\.)blocks\.\d+\.attn\.qkv\.weight$", k) for k in keys) else "eva02"
+
+
+def _rename_eva_visual(key: str, block_renames=_EVA_BLOCK_RENAMES) -> Optional[str]:
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
     if m:
-        for pattern, repl in _EVA_BLOCK_RENAMES:
+        for pattern, repl in block_renames:
             if re.fullmatch(pattern, m.group(2)):
                 return f"trunk.blocks.{m.group(1)}." + re.sub(pattern, repl, m.group(2))
         return None
@@ -77,12 +100,15 @@ def convert_maskclippp_eva_state_dict(state_dict: Dict[str, Tensor]) -> Tuple[Di
     Returns:
         (visual_sd for `ClipClassifier.model.visual`, psm_sd for the PSM, mask_logit_scale `[blocks, heads]` or None).
 
+    The block rules are EVA02's or EVA01's (`eva_variant` of the file's keys).
+
     Raises:
-        KeyError: naming every key that matches no rule (text-tower keys of `_wtext` checkpoints included: their
-            conversion is not written yet).
+        KeyError: naming every key that matches no rule (text-tower keys included: `load_maskclippp_checkpoint`
+            takes them out first with `split_maskclippp_text_state_dict`).
     """
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
+    block_renames = EVA_VARIANTS[eva_variant(state_dict)]
     visual: Dict[str, Tensor] = {}
     psm: Dict[str, Tensor] = {}
     mask_logit_scale: Optional[Tensor] = None
@@ -96,7 +122,7 @@ def convert_maskclippp_eva_state_dict(state_dict: Dict[str, Tensor]) -> Tuple[Di
             sub = key[len(VISUAL_PREFIX):]
             if any(re.fullmatch(p, sub) for p in _EVA_IGNORED):
                 continue
-            new = _rename_eva_visual(sub)
+            new = _rename_eva_visual(sub, block_renames)
             if new is None:
                 unmatched.append(key)
             elif new in visual:
@@ -218,7 +244,7 @@ def load_maskclippp_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], 
     (`convert_maskclippp_convnext_state_dict`); MaskCLIP++ released no other CLIP-V checkpoints. The visual tower
     must hold every converted key and nothing else (MaskCLIP++ saves the whole encoder), and so must the PSM:
     a PSM with weights needs them in the file, and a file with PSM weights needs a PSM (`psm=None` only for a file
-    without them).
+    without them). A `_wtext` file's text tower replaces the base one's tensors (`load_maskclippp_text_tower`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -238,12 +264,21 @@ def load_maskclippp_checkpoint(classifier: nn.Module, psm: Optional[nn.Module], 
         name = getattr(getattr(classifier, "config", None), "model_name", None)
         raise ValueError(f"{path} is a MaskCLIP++ {layout} checkpoint, but the classifier is a {family} CLIP "
                          f"({name!r}): the model card's architecture must be the CLIP the file was trained on")
+    text_sd, text_logit_scale, state_dict = split_maskclippp_text_state_dict(state_dict)
     mask_logit_scale = None
     if family == "eva":
+        file_variant, model_variant = eva_variant(state_dict), eva_variant(classifier.model.visual.state_dict())
+        if file_variant != model_variant:
+            name = getattr(getattr(classifier, "config", None), "model_name", None)
+            raise ValueError(f"{path} is a MaskCLIP++ {file_variant.upper()} checkpoint, but the classifier is an "
+                             f"{model_variant.upper()} CLIP ({name!r}): the model card's architecture must be the "
+                             "CLIP the file was trained on")
         visual_sd, psm_sd, mask_logit_scale = convert_maskclippp_eva_state_dict(state_dict)
     else:
         visual_sd, psm_sd = convert_maskclippp_convnext_state_dict(state_dict)
     _load_exactly(classifier.model.visual, visual_sd, "visual tower", path)
+    if text_sd or text_logit_scale is not None:
+        load_maskclippp_text_tower(classifier.model, text_sd, text_logit_scale, path)
     if psm is None:
         if psm_sd:
             raise ValueError(f"{path} holds PSM weights ({sorted(psm_sd)[:3]}...) but no psm was given")
