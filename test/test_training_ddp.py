@@ -69,3 +69,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
     assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])  # per-rank seeds
     assert sorted(p.name for p in (ddp_out / "export").iterdir()) == [f"{name}.safetensors", f"{name}.yaml"]
+    # in-loop validation (tiny config: 48 held-out images): each rank scores its shard, the counts are summed, so
+    # the 2-process numbers are the 1-process ones, every mask counted once
+    def history(out):
+        return [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+
+    ddp_val, single_val = history(ddp_out), history(single.output_dir)
+    assert [r["step"] for r in ddp_val] == [r["step"] for r in single_val] == [0, 4]
+    assert ddp_val[0] == single_val[0]
+    assert ddp_val[-1]["num_masks"] == single_val[-1]["num_masks"]
+    assert ddp_val[-1]["mask_macc"] == pytest.approx(single_val[-1]["mask_macc"], abs=3.0)
