@@ -23,6 +23,7 @@ from ovs_training.trainer import Trainer  # noqa: E402
 from ovs_training.validation import (  # noqa: E402
     ADE150GTMasks,
     MaskAccuracyEvaluator,
+    run_final_eval,
     semantic_to_gt_masks,
     validate,
     vocabulary_text_embeddings,
@@ -317,3 +318,6 @@ def test_final_eval_runs_ovs_eval_in_process_on_the_exported_classifier(tmp_path
     # the tiny config's classifier is an identity-PSM t1 model: LinearPSM and t14 come from the exported card
     assert (report["segmenter"]["psm"], report["segmenter"]["template_set"]) == ("LinearPSM", "t14")
     assert not (out / "validation.jsonl").exists()
+    # run again (a repeated run keeps the card's path): evaluated afresh, never served from ovs-eval's cache
+    again = run_final_eval(config, out / "export", out, torch.device("cpu"))
+    assert (again["from_cache"], again["computed"]) == (0, 2)

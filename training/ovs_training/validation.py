@@ -289,14 +289,15 @@ class InLoopValidation:
 def run_final_eval(config: "TrainConfig", export_dir: Path, out_dir: Path, device: torch.device) -> dict:
     """`ovs-eval` in this process (`ovs_ros.eval_cli.run`) on `config.final_eval`, with the exported card as the
     classifier; writes `<out_dir>/final_eval/metrics.json` (+ metrics.md) and returns the report. Under torchrun
-    every rank calls it and `ovs-eval` shards the images over the existing process group."""
+    every rank calls it and `ovs-eval` shards the images over the existing process group. Always `--fresh`: the
+    card keeps its path when a run is repeated, so `ovs-eval`'s per-image cache could hold another model's numbers."""
     from ovs_ros.eval_cli import build_parser, run
 
     final = config.final_eval
     card = Path(export_dir) / f"{config.export_name}.yaml"
     argv = ["--config", final.segmenter, "--dataset", final.dataset, "--root", final.root,
             "--out", str(Path(out_dir) / "final_eval"), "--device", final.device or str(device),
-            "--overlays", str(final.overlays),
+            "--overlays", str(final.overlays), "--fresh",
             "--set", f"classifier.card={card.resolve()}", "--set", f"weights_dir={card.parent.resolve()}",
             "--set", f"classifier.input_short_side={config.input_short_side}"]
     for item in final.set:
