@@ -61,6 +61,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: Optional[str] = None
+    owned: bool = True  # False: the caller's process group (a training run's final eval), left open at the end
 
     @property
     def on(self) -> bool:
@@ -83,7 +84,7 @@ class Dist:
         return out
 
     def close(self) -> None:
-        if self.on:
+        if self.on and self.owned:
             import torch.distributed as dist
 
             dist.destroy_process_group()
@@ -99,6 +100,8 @@ def init_distributed(device: Optional[str]) -> Dist:
 
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():  # called in process by a torchrun job that already joined (ovs_training final_eval)
+        return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device, owned=False)
     wants_cuda = (device or "auto").startswith("cuda") or ((device or "auto") == "auto" and torch.cuda.is_available())
     if wants_cuda:
         torch.cuda.set_device(local_rank)

@@ -19,6 +19,7 @@ if not torch.distributed.is_available():
 
 from ovs_training.config import load_train_config  # noqa: E402
 from ovs_training.trainer import Trainer  # noqa: E402
+from test_eval_datasets import write_layout  # noqa: E402
 
 
 def _tensors(path):
@@ -33,6 +34,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     config_data = yaml.safe_load((REPO / "training" / "configs" / "tiny_synthetic.yaml").read_text())
     config_data.update(max_iter=4, log_every=1, show_progress=False, device="cpu", checkpoint_every=2)
     config_data["data"].update(num_images=16)
+    write_layout("ade20k_150", tmp_path / "ade", num_images=3)  # final ovs-eval, sharded over the training's group
+    config_data["final_eval"] = {"segmenter": "tiny", "dataset": "ade20k_150", "root": str(tmp_path / "ade"),
+                                 "set": ["text_cache_dir=null", "num_threads=1", "generator.input_short_side=64",
+                                         "generator.max_long_side=96"]}
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(config_data))
 
@@ -69,3 +74,16 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
     assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])  # per-rank seeds
     assert sorted(p.name for p in (ddp_out / "export").iterdir()) == [f"{name}.safetensors", f"{name}.yaml"]
+    # in-loop validation (tiny config: 48 held-out images): each rank scores its shard, the counts are summed, so
+    # the 2-process numbers are the 1-process ones, every mask counted once
+    def history(out):
+        return [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+
+    ddp_val, single_val = history(ddp_out), history(single.output_dir)
+    assert [r["step"] for r in ddp_val] == [r["step"] for r in single_val] == [0, 4]
+    assert ddp_val[0] == single_val[0]
+    assert ddp_val[-1]["num_masks"] == single_val[-1]["num_masks"]
+    assert ddp_val[-1]["mask_macc"] == pytest.approx(single_val[-1]["mask_macc"], abs=3.0)
+    final = json.loads((ddp_out / "final_eval" / "metrics.json").read_text())
+    assert (final["world_size"], final["evaluated"], final["errors"]) == (2, 3, [])
+    assert single.final_eval["world_size"] == 1 and single.final_eval["evaluated"] == 3

@@ -7,6 +7,8 @@ from typing import List, Optional, Union
 
 from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
 
+from .validation_config import FinalEvalConfig, ValidationConfig
+
 DATASET_KINDS = ("synthetic", "coco_panoptic", "coco_stuff")
 AUGMENTATIONS = ("lsj", "semantic", "none")
 # MaskCLIP++ COCO-Stuff `_wtext` recipe: MIN_SIZE_TRAIN = [int(x * 0.1 * 448) for x in range(3, 20)]
@@ -125,6 +127,8 @@ class TrainConfig:
         ensemble_on, ensemble_alpha, ensemble_beta: the evaluation settings written to the exported card (the
             MaskCLIP++ COCO-panoptic recipes evaluate with the ensemble off, alpha = beta = 1).
         show_progress: tqdm progress bar.
+        validation: in-loop GT-mask accuracy (`validation_config.ValidationConfig`; kind none = off).
+        final_eval: an `ovs-eval` run with the exported classifier after training (`FinalEvalConfig`; None = off).
     """
 
     model_name: str = "tiny-eva"
@@ -159,6 +163,8 @@ class TrainConfig:
     ensemble_beta: float = 1.0
     show_progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    final_eval: Optional[FinalEvalConfig] = None
 
     def __post_init__(self) -> None:
         if self.max_iter < 1 or self.batch_size < 1:

@@ -37,6 +37,7 @@ from .losses import class_balanced_cross_entropy, sample_synonym_rows
 from .optim import apply_trainable, build_optimizer, classifier_lr_multipliers
 from .semantic_augmentation import SemanticAugmentation
 from .sampling import AugmentedDataset, SeedWorker, TrainingStream, check_trainable_size
+from .validation import InLoopValidation, run_final_eval
 
 LOG = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class TrainResult:
     output_dir: Path
     checkpoint: Optional[Path]
     export: Dict[str, Path] = field(default_factory=dict)
+    final_eval: Optional[dict] = None  # the `ovs-eval` report of `config.final_eval`
 
 
 class Trainer:
@@ -283,7 +285,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ state
     # config keys that may differ between a run and its resumption (they do not change the numbers)
-    RESUME_FREE_KEYS = ("output_dir", "resume", "show_progress", "log_every", "checkpoint_every", "device")
+    RESUME_FREE_KEYS = ("output_dir", "resume", "show_progress", "log_every", "checkpoint_every", "device",
+                        "validation", "final_eval")  # validation draws no RNG and trains nothing
 
     def _generators(self) -> Dict[str, torch.Generator]:
         return {"synonyms": self.synonym_generator}
@@ -365,20 +368,24 @@ class Trainer:
                    disable=not (config.show_progress and self.is_main))
         start = time.perf_counter()
         try:
+            validation = InLoopValidation(self, writer, out)
             batches = iter(self._loader(step)) if step < config.max_iter else iter(())
+            if step == 0:
+                validation(0)
             while step < config.max_iter:
                 batch = next(batches)
                 lrs = [g["lr"] for g in self.optimizer.param_groups]
                 loss = self.train_step(batch)
                 losses.append(loss)
                 step += 1
+                validation(step, force=step == config.max_iter)
                 if step % config.log_every == 0 or step == 1 or step == config.max_iter:
                     writer.add_scalar("train/loss", loss, step)
                     if self.last_grad_norm is not None:
                         writer.add_scalar("train/grad_norm_before_clip", self.last_grad_norm, step)
                     for g, lr in zip(self.optimizer.param_groups, lrs):
                         writer.add_scalar(f"lr/x{g['lr_multiplier']:g}_wd{g['weight_decay']:g}", lr, step)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}")
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.2e}", **validation.postfix)
                 bar.update(1)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     checkpoint = self.save_checkpoint(out / "checkpoints" / f"step_{step:07d}.pth", step)
@@ -395,7 +402,14 @@ class Trainer:
             if export:
                 exported = self.export(out / "export")
         barrier(self.world_size)
-        return TrainResult(losses=losses, output_dir=out, checkpoint=checkpoint, export=exported)
+        final_eval = None
+        if config.final_eval is not None:
+            if export:
+                final_eval = run_final_eval(config, out / "export", out, self.device)
+            else:
+                LOG.warning("final_eval skipped: the run does not export a classifier to evaluate")
+        return TrainResult(losses=losses, output_dir=out, checkpoint=checkpoint, export=exported,
+                           final_eval=final_eval)
 
     def _mask_prior_blocks(self) -> Optional[int]:
         """The classifier's mask-token depth (ViT families; ConvNeXt has none)."""
