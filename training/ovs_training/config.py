@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
 
+from .maftp.config import MAFTPlusOptions
+
 DATASET_KINDS = ("synthetic", "coco_panoptic")
 AUGMENTATIONS = ("lsj", "none")
 
@@ -103,6 +105,9 @@ class TrainConfig:
         ensemble_on, ensemble_alpha, ensemble_beta: the evaluation settings written to the exported card (the
             MaskCLIP++ COCO-panoptic recipes evaluate with the ensemble off, alpha = beta = 1).
         show_progress: tqdm progress bar.
+        scheduler: "cosine" (MaskCLIP++, to `lr_end_multiplier`) or "warmup_poly" (MAFT+: detectron2 WarmupPolyLR
+            with `poly_power`, `warmup_iters`, `warmup_factor`; MAFT+ 0.9, 0, 1.0).
+        maftp: MAFT+ options (`ovs_training.maftp`): loss weights, proposals, CLIP-V head freezing.
     """
 
     model_name: str = "tiny-eva"
@@ -136,15 +141,23 @@ class TrainConfig:
     ensemble_alpha: float = 1.0
     ensemble_beta: float = 1.0
     show_progress: bool = True
+    scheduler: str = "cosine"
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
+    maftp: MAFTPlusOptions = field(default_factory=MAFTPlusOptions)
 
     def __post_init__(self) -> None:
         if self.max_iter < 1 or self.batch_size < 1:
             raise ConfigError("max_iter and batch_size must be >= 1")
         if not 0.0 <= self.lr_end_multiplier <= 1.0:
             raise ConfigError(f"lr_end_multiplier must be in [0, 1], got {self.lr_end_multiplier}")
-        if self.psm not in ("linear", "pseudo_text", "identity"):
-            raise ConfigError(f"psm must be linear, pseudo_text or identity, got {self.psm!r}")
+        if self.psm not in ("linear", "pseudo_text", "identity", "cdt", "cdt_panoptic"):
+            raise ConfigError(f"psm must be linear, pseudo_text, identity, cdt or cdt_panoptic, got {self.psm!r}")
+        if self.scheduler not in ("cosine", "warmup_poly") or self.poly_power <= 0 or self.warmup_iters < 0:
+            raise ConfigError(f"scheduler must be cosine or warmup_poly (poly_power > 0, warmup_iters >= 0), got "
+                              f"{self.scheduler!r}, {self.poly_power}, {self.warmup_iters}")
         if self.grad_clip_norm < 0 or self.base_lr <= 0 or self.ce_temperature <= 0:
             raise ConfigError("grad_clip_norm must be >= 0, base_lr and ce_temperature > 0")
         if not 0.0 <= self.psm_attention_dropout < 1.0:

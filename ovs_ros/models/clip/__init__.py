@@ -7,12 +7,23 @@ from .convert import (
     load_ovs_classifier_checkpoint,
     maskclippp_checkpoint_family,
 )
-from .psm import PSM_KINDS, IdentityPSM, LinearPSM, PseudoTextPSM, build_psm, mask_class_logits, scaled_cosine
+from .psm import (
+    CDTPSM,
+    PSM_KINDS,
+    IdentityPSM,
+    LinearPSM,
+    PseudoTextPSM,
+    build_psm,
+    mask_class_logits,
+    patch_grid_of,
+    scaled_cosine,
+)
 from .towers import ClipClassifier, MaskEmbeddingOutput, build_open_clip_model, detect_family
 from .tiny import TINY_FAMILIES, build_tiny_classifier
 
 __all__ = [
     "PSM_KINDS",
+    "CDTPSM",
     "TINY_FAMILIES",
     "build_psm",
     "build_tiny_classifier",
@@ -30,5 +41,6 @@ __all__ = [
     "load_ovs_classifier_checkpoint",
     "maskclippp_checkpoint_family",
     "mask_class_logits",
+    "patch_grid_of",
     "scaled_cosine",
 ]
