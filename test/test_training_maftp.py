@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -452,3 +453,47 @@ def test_maftp_configs_parse_and_reject_bad_keys(tmp_path):
     bad.write_text("model_name: tiny-convnext\nscheduler: step\n")
     with pytest.raises(ConfigError, match="scheduler"):
         load_train_config(bad)
+
+
+@pytest.mark.parametrize("size,iters,pretrained", [("b", 60000, "laion_aesthetic_s13b_b82k_augreg"),
+                                                   ("l", 55000, "laion2b_s29b_b131k_ft_soup")])
+def test_real_maftp_configs_are_maftps_recipe(size, iters, pretrained):
+    from ovs_ros.segmenter_config import load_segmenter_config
+
+    c = load_train_config(CONFIGS / f"maftp_convnext_{size}_coco_stuff.yaml")
+    assert (c.pretrained, c.max_iter, c.batch_size, c.base_lr, c.clip_lr_multiplier, c.weight_decay) == (
+        pretrained, iters, 8, 1e-4, 0.1, 2e-5)
+    assert (c.scheduler, c.poly_power, c.warmup_iters, c.grad_clip_norm, c.psm, c.template_set) == (
+        "warmup_poly", 0.9, 0, 0.01, "cdt", "t14")
+    assert (c.maftp.ce_weight, c.maftp.ma_weight, c.maftp.rc_weight, c.maftp.freeze_clip_head) == (0.0, 1.0, 0.1, True)
+    assert (c.data.kind, c.data.vocabulary) == ("coco_stuff", "coco_stuff_171")
+    proposals = load_segmenter_config(c.maftp.proposals.segmenter, dict(c.maftp.proposals.overrides))
+    assert proposals.generator.card == f"maftp_{size}_coco_stuff"
+
+
+def test_coco_stuff_dataset_reads_detectron2_label_maps(tmp_path):
+    import cv2
+
+    from ovs_training.semantic_datasets import COCOStuffSemanticDataset
+
+    (tmp_path / "train2017").mkdir()
+    (tmp_path / "stuffthingmaps_detectron2" / "train2017").mkdir(parents=True)
+    label = np.full((24, 32), 255, dtype=np.uint8)
+    label[:12] = 0  # person
+    label[12:, :16] = 170  # the last class
+    label[12:, 16:20] = 118
+    image = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "train2017" / "000000000001.jpg"), image)
+    cv2.imwrite(str(tmp_path / "stuffthingmaps_detectron2" / "train2017" / "000000000001.png"), label)
+    ds = COCOStuffSemanticDataset(tmp_path, "train2017")
+    assert len(ds) == 1 and len(ds.vocabulary) == 171
+    sample = ds[0]
+    assert sample["class_ids"].tolist() == [0, 118, 170]
+    assert sample["image"].shape == (3, 24, 32) and sample["masks"].shape == (3, 24, 32)
+    np.testing.assert_array_equal(sample["masks"][2].numpy(), label == 170)
+    assert ds.vocabulary.entries[0].names[0] == "person" and ds.vocabulary.entries[170].dataset_id == 182
+    assert not sample["masks"].sum(0).gt(1).any()
+    label[0, 0] = 171
+    cv2.imwrite(str(tmp_path / "stuffthingmaps_detectron2" / "train2017" / "000000000001.png"), label)
+    with pytest.raises(ValueError, match="171"):
+        ds[0]

@@ -9,7 +9,7 @@ from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
 
 from .maftp.config import MAFTPlusOptions
 
-DATASET_KINDS = ("synthetic", "coco_panoptic")
+DATASET_KINDS = ("synthetic", "coco_panoptic", "coco_stuff")
 AUGMENTATIONS = ("lsj", "none")
 
 
@@ -18,7 +18,9 @@ class DataConfig:
     """Where the training images, GT masks and class ids come from.
 
     Attributes:
-        kind: "synthetic" (`SyntheticMaskDataset`, for tests) or "coco_panoptic" (`COCOPanopticDataset`).
+        kind: "synthetic" (`SyntheticMaskDataset`, for tests), "coco_panoptic" (`COCOPanopticDataset`) or
+            "coco_stuff" (`semantic_datasets.COCOStuffSemanticDataset`, MAFT+'s data: `<split>/` and
+            `stuffthingmaps_detectron2/<split>/`).
         root: dataset root (coco_panoptic: holds `<split>/`, `panoptic_<split>/`, `annotations/panoptic_<split>.json`).
         split: e.g. "train2017".
         vocabulary: class names and synonyms in `ovs_ros.Vocabulary` form (a name in config/vocabularies such as
@@ -52,8 +54,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
             raise ConfigError(f"data.kind must be one of {DATASET_KINDS}, got {self.kind!r}")
-        if self.kind == "coco_panoptic" and not self.root:
-            raise ConfigError("data.root is required for kind coco_panoptic")
+        if self.kind in ("coco_panoptic", "coco_stuff") and not self.root:
+            raise ConfigError(f"data.root is required for kind {self.kind}")
         if self.image_size < 1 or self.num_images < 1:
             raise ConfigError("data.image_size and data.num_images must be >= 1")
         if self.augmentation not in AUGMENTATIONS:

@@ -110,6 +110,10 @@ def build_dataset(config: TrainConfig) -> Dataset:
         from ovs_ros.paths import resolve_data_path
 
         vocabulary = Vocabulary.from_any(resolve_data_path(data.vocabulary, "config/vocabularies"))
+    if data.kind == "coco_stuff":
+        from .semantic_datasets import COCOStuffSemanticDataset
+
+        return COCOStuffSemanticDataset(data.root, data.split, vocabulary=vocabulary)
     return COCOPanopticDataset(data.root, data.split, vocabulary=vocabulary)
 
 
