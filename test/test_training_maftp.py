@@ -398,7 +398,8 @@ def test_generator_proposals_follow_the_runtime_chain():
 
 
 # ---------------------------------------------------------------------------------------------------- export
-def test_exported_cdt_runs_in_the_segmenter(tmp_path, monkeypatch):
+@pytest.mark.parametrize("segmenter_config", ["tiny", "maftp_tiny_random"])  # Mask2Former / MAFT+ generator
+def test_exported_cdt_runs_in_the_segmenter(tmp_path, monkeypatch, segmenter_config):
     """Train -> export -> the Segmenter builds a CDT PSM from the card, loads the trained tensors, segments; its
     CLIP logits (captured where the ensemble takes them) follow the trained CDT."""
     import ovs_ros.segmenter as segmenter_module
@@ -413,7 +414,7 @@ def test_exported_cdt_runs_in_the_segmenter(tmp_path, monkeypatch):
     overrides = {"classifier.card": str(card), "weights_dir": str(result.export["weights"].parent),
                  "classifier.model_name": "tiny-convnext", "vocabulary": ["cat", "sofa", "stuff:floor"],
                  "classifier.input_short_side": 128}
-    segmenter = Segmenter.from_config("tiny", overrides)
+    segmenter = Segmenter.from_config(segmenter_config, overrides)
     assert isinstance(segmenter.psm, CDTPSM) and not segmenter.psm.cdt.panoptic
     torch.testing.assert_close(segmenter.psm.state_dict(), trainer.model.psm.state_dict(), rtol=0, atol=0)
     torch.testing.assert_close(segmenter.classifier.state_dict(), trainer.model.classifier.state_dict(), rtol=0,
@@ -430,7 +431,7 @@ def test_exported_cdt_runs_in_the_segmenter(tmp_path, monkeypatch):
     out = segmenter.segment(image)
     assert out.panoptic.shape == (300, 451)
     # the same Segmenter with the CDT reset to its initial weights scores the masks differently
-    base = Segmenter.from_config("tiny", overrides)
+    base = Segmenter.from_config(segmenter_config, overrides)
     base.psm.load_state_dict(initial_psm)
     base.segment(image)
     trained_logits, base_logits = captured
