@@ -368,6 +368,26 @@ def test_maftp_freezes_the_clip_head_and_trains_stem_stages_norm_pre(tmp_path):
     assert lrs == {0.1, 1.0}
 
 
+def test_resume_with_maftp_options_reproduces_the_run(tmp_path):
+    """4 steps against 2 + resume + 2 with CDT, MA (synthetic proposals) and RC on: the same losses and tensors, bit
+    for bit (the proposals' draw is checkpointed; the RC teacher is rebuilt from the base weights, not the resumed)."""
+    def config(out, **kw):
+        c = load_train_config(TINY, output_dir=str(out), device="cpu", show_progress=False, max_iter=4,
+                              checkpoint_every=2, **kw)
+        c.maftp.ce_weight = 1.0
+        return c
+
+    full = Trainer(config(tmp_path / "full"))
+    full_losses = full.train(export=False).losses
+    resumed = Trainer(config(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step_0000002.pth")))
+    assert resumed.start_step == 2
+    assert resumed.train(export=False).losses == full_losses[2:]
+    for (name, a), (_, b) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), name
+    base = Trainer(config(tmp_path / "base")).model.classifier.model.visual.trunk.state_dict()
+    torch.testing.assert_close(resumed.maftp.teacher.state_dict(), base, rtol=0, atol=0)
+
+
 def test_rc_refuses_a_vit(tmp_path):
     config = _config(tmp_path)
     config.model_name, config.psm = "tiny-eva", "linear"

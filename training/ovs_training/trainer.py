@@ -280,7 +280,7 @@ class Trainer:
     RESUME_FREE_KEYS = ("output_dir", "resume", "show_progress", "log_every", "checkpoint_every", "device")
 
     def _generators(self) -> Dict[str, torch.Generator]:
-        return {"synonyms": self.synonym_generator}
+        return {"synonyms": self.synonym_generator, **(self.maftp.rng_generators() if self.maftp else {})}
 
     def save_checkpoint(self, path: Path, step: int) -> Path:
         """Every rank calls it (the RNG states of all ranks are gathered); rank 0 writes."""

@@ -39,6 +39,11 @@ class MAFTPlusObjective:
         if self.proposals is not None and hasattr(self.proposals, "to"):
             self.proposals.to(device)
 
+    def rng_generators(self) -> Dict[str, torch.Generator]:
+        """Random generators the checkpoint must carry (the synthetic proposals' draw)."""
+        rng = getattr(self.proposals, "rng", None)
+        return {"maftp_proposals": rng} if isinstance(rng, torch.Generator) else {}
+
     def adjust_lr_multipliers(self, lr_multipliers: Dict[str, float]) -> Dict[str, float]:
         """The recipe's trained tensors, less CLIP-V's head when `freeze_clip_head` (MAFT+ `_freeze`)."""
         if not self.options.freeze_clip_head:

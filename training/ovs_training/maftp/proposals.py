@@ -17,21 +17,22 @@ from .config import ProposalConfig
 
 class SyntheticProposals:
     """Each GT mask blurred and shifted by a random offset, plus random blobs up to `num_proposals` per image, so
-    IoUs with the GT spread from near 1 to 0 (what the min-max target needs). Drawn from its own generator."""
+    IoUs with the GT spread from near 1 to 0 (what the min-max target needs). Drawn from its own `rng`, which the
+    trainer checkpoints with its other generators (exact resume)."""
 
     def __init__(self, num_proposals: int, seed: int = 0):
         self.num_proposals = int(num_proposals)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.rng = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: Tensor, gt_masks: Tensor) -> Tensor:
         b, g, h, w = gt_masks.shape
         p = self.num_proposals
-        blobs = F.interpolate(torch.rand(b, p, 4, 4, generator=self.generator), size=(h, w), mode="bilinear",
+        blobs = F.interpolate(torch.rand(b, p, 4, 4, generator=self.rng), size=(h, w), mode="bilinear",
                               align_corners=False)
         out = (blobs > 0.6).float()
         shifted = gt_masks[:, :p].float().cpu()
         for i in range(shifted.shape[1]):
-            dy, dx = (int(v) for v in torch.randint(-h // 4, h // 4 + 1, (2,), generator=self.generator))
+            dy, dx = (int(v) for v in torch.randint(-h // 4, h // 4 + 1, (2,), generator=self.rng))
             shifted[:, i] = torch.roll(shifted[:, i], shifts=(dy, dx), dims=(-2, -1))
         out[:, :shifted.shape[1]] = shifted
         return F.avg_pool2d(out, 3, stride=1, padding=1, count_include_pad=False).to(gt_masks.device)
