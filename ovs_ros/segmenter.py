@@ -47,7 +47,7 @@ from ovs_ros.stage_timer import StageTimer
 from ovs_ros.upload import FrameUploader
 from ovs_ros.segmenter_config import SegmenterConfig, apply_card_defaults, load_segmenter_config
 from ovs_ros.text_cache import TextEmbeddingCache, VocabularyEmbeddings
-from ovs_ros.models.clip import mask_class_logits
+from ovs_ros.models.clip import mask_class_logits, patch_grid_of
 from ovs_ros.vocabulary import Vocabulary, VocabularyError, seen_classes, train_to_test_lut
 
 LOG = logging.getLogger(__name__)
@@ -276,6 +276,8 @@ class Segmenter:
                     self.psm,
                     self.classifier.logit_scale,
                     patch_embeddings=None if embedded.patch_embeddings is None else embedded.patch_embeddings.float(),
+                    patch_grid=None if embedded.patch_embeddings is None else patch_grid_of(
+                        clip_in.pixel_values.shape[-2:], embedded.patch_embeddings.shape[1]),
                 )[0]
             with timer.stage("ensemble"):
                 class_probs = ensemble_class_probs(

@@ -45,7 +45,7 @@ class ModelCard:
     sha256: Optional[str] = None  # recorded when a user first verifies the file
     base_clip_pretrained: Optional[str] = None  # classifier cards: open_clip tag of the base weights
     template_set: Optional[str] = None  # classifier cards with PSM weights: the templates the PSM was trained with
-    psm: Optional[str] = None  # "linear" | "pseudo_text" | "identity"
+    psm: Optional[str] = None  # "linear" | "pseudo_text" | "identity" | "cdt" | "cdt_panoptic"
     # Evaluation settings the published numbers were made with (issue 9: settings travel with the checkpoint).
     input_short_side: Optional[int] = None  # the branch input size (generator image, or CLIP image)
     max_long_side: Optional[int] = None  # generator cards: cap on the long side of the generator image

@@ -7,6 +7,7 @@ from typing import List, Optional, Union
 
 from ovs_ros.config_utils import ConfigError, dataclass_from_dict, load_yaml
 
+from .maftp.config import MAFTPlusOptions
 from .validation_config import FinalEvalConfig, ValidationConfig
 
 DATASET_KINDS = ("synthetic", "coco_panoptic", "coco_stuff")
@@ -129,6 +130,9 @@ class TrainConfig:
         show_progress: tqdm progress bar.
         validation: in-loop GT-mask accuracy (`validation_config.ValidationConfig`; kind none = off).
         final_eval: an `ovs-eval` run with the exported classifier after training (`FinalEvalConfig`; None = off).
+        scheduler: "cosine" (MaskCLIP++, to `lr_end_multiplier`) or "warmup_poly" (MAFT+: detectron2 WarmupPolyLR
+            with `poly_power`, `warmup_iters`, `warmup_factor`; MAFT+ 0.9, 0, 1.0).
+        maftp: MAFT+ options (`ovs_training.maftp`): loss weights, proposals, CLIP-V head freezing.
     """
 
     model_name: str = "tiny-eva"
@@ -162,17 +166,25 @@ class TrainConfig:
     ensemble_alpha: float = 1.0
     ensemble_beta: float = 1.0
     show_progress: bool = True
+    scheduler: str = "cosine"
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     final_eval: Optional[FinalEvalConfig] = None
+    maftp: MAFTPlusOptions = field(default_factory=MAFTPlusOptions)
 
     def __post_init__(self) -> None:
         if self.max_iter < 1 or self.batch_size < 1:
             raise ConfigError("max_iter and batch_size must be >= 1")
         if not 0.0 <= self.lr_end_multiplier <= 1.0:
             raise ConfigError(f"lr_end_multiplier must be in [0, 1], got {self.lr_end_multiplier}")
-        if self.psm not in ("linear", "pseudo_text", "identity"):
-            raise ConfigError(f"psm must be linear, pseudo_text or identity, got {self.psm!r}")
+        if self.psm not in ("linear", "pseudo_text", "identity", "cdt", "cdt_panoptic"):
+            raise ConfigError(f"psm must be linear, pseudo_text, identity, cdt or cdt_panoptic, got {self.psm!r}")
+        if self.scheduler not in ("cosine", "warmup_poly") or self.poly_power <= 0 or self.warmup_iters < 0:
+            raise ConfigError(f"scheduler must be cosine or warmup_poly (poly_power > 0, warmup_iters >= 0), got "
+                              f"{self.scheduler!r}, {self.poly_power}, {self.warmup_iters}")
         if self.grad_clip_norm < 0 or self.base_lr <= 0 or self.ce_temperature <= 0:
             raise ConfigError("grad_clip_norm must be >= 0, base_lr and ce_temperature > 0")
         if not 0.0 <= self.psm_attention_dropout < 1.0:

@@ -12,7 +12,8 @@
 
 Weight decay 0.05, 0 on norm layers, biases and position embeddings / CLS token (detectron2 / MaskCLIP++
 `build_optimizer`: norm modules, `no_weight_decay()` keys, encoder biases). The schedule is a multiplier going
-from 1 to `end` by cosine, applied to every group (corrections.md 16), with no warm-up.
+from 1 to `end` by cosine, applied to every group (corrections.md 16), with no warm-up; or MAFT+'s warm-up poly
+(`scheduler: warmup_poly`).
 """
 from __future__ import annotations
 
@@ -104,13 +105,36 @@ def cosine_lr_multiplier(step: int, max_iter: int, end: float = 0.05) -> float:
     return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def warmup_poly_lr_multiplier(step: int, max_iter: int, power: float = 0.9, warmup_iters: int = 0,
+                              warmup_factor: float = 1.0) -> float:
+    """MAFT+'s schedule (detectron2 `projects/deeplab` `WarmupPolyLR`, linear warm-up, constant ending 0):
+    `warmup(step) * (1 - step / max_iter) ** power`, the warm-up going linearly from `warmup_factor` to 1 over
+    `warmup_iters` steps. MAFT+ runs it with warm-up off (factor 1, 0 iterations). Held at 0 after `max_iter`."""
+    step = min(max(step, 0), max_iter)
+    warm = 1.0
+    if step < warmup_iters:
+        alpha = step / warmup_iters
+        warm = warmup_factor * (1.0 - alpha) + alpha
+    return warm * math.pow(1.0 - step / max(max_iter, 1), power)
+
+
+SCHEDULERS = ("cosine", "warmup_poly")
+
+
 def build_optimizer(model: nn.Module, lr_multipliers: Dict[str, float], *, base_lr: float, weight_decay: float,
-                    max_iter: int, lr_end_multiplier: float = 0.05):
-    """-> (AdamW, LambdaLR) with the cosine multiplier on every group."""
+                    max_iter: int, lr_end_multiplier: float = 0.05, scheduler: str = "cosine",
+                    poly_power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 1.0):
+    """-> (AdamW, LambdaLR) with the cosine (MaskCLIP++) or warm-up poly (MAFT+) multiplier on every group."""
     groups = build_param_groups(model, lr_multipliers, base_lr=base_lr, weight_decay=weight_decay)
     if not groups:
         raise ValueError("nothing to train: no parameter matched the recipe")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     optimizer = torch.optim.AdamW(groups, lr=base_lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_lr_multiplier(step, max_iter, lr_end_multiplier))
-    return optimizer, scheduler
+    if scheduler == "warmup_poly":
+        def multiplier(step):
+            return warmup_poly_lr_multiplier(step, max_iter, poly_power, warmup_iters, warmup_factor)
+    else:
+        def multiplier(step):
+            return cosine_lr_multiplier(step, max_iter, lr_end_multiplier)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -21,7 +21,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ovs_ros.models.clip import build_psm, mask_class_logits
+from ovs_ros.models.clip import build_psm, mask_class_logits, patch_grid_of
 from ovs_ros.models.clip.mask_tokens import resample_masks_to_grid
 from ovs_ros.templates import get_templates
 from ovs_ros.text_cache import TextEmbeddingCache
@@ -78,7 +78,9 @@ class MaskClassificationModel(nn.Module):
         out = self.classifier.encode_masks(pixel_values, mask_probs)
         return mask_class_logits(out.mask_embeddings.float(), text_embeddings.float(), synonym_class_index,
                                  num_classes, self.psm, self.classifier.logit_scale.float(),
-                                 patch_embeddings=out.patch_embeddings)
+                                 patch_embeddings=out.patch_embeddings,
+                                 patch_grid=None if out.patch_embeddings is None else patch_grid_of(
+                                     pixel_values.shape[-2:], out.patch_embeddings.shape[1]))
 
 
 def build_classifier_and_psm(config: TrainConfig) -> Tuple[nn.Module, nn.Module]:
@@ -187,10 +189,18 @@ class Trainer:
                                               text_lr_multiplier=config.text_lr_multiplier)
         self.lr_multipliers = {f"classifier.{k}": v for k, v in clf_mults.items()}
         self.lr_multipliers.update({f"psm.{k}": 1.0 for k, _ in psm.named_parameters()})
+        self.maftp = None  # MAFT+ options (ovs_training.maftp): extra loss terms, CLIP-V head frozen
+        if config.maftp.active:
+            from .maftp.objective import MAFTPlusObjective
+
+            self.maftp = MAFTPlusObjective(config.maftp, classifier, seed=config.seed, device=self.device)
+            self.lr_multipliers = self.maftp.adjust_lr_multipliers(self.lr_multipliers)
+        self.last_loss_terms: Dict[str, float] = {}
         apply_trainable(self.model, self.lr_multipliers)
         self.optimizer, self.scheduler = build_optimizer(
             self.model, self.lr_multipliers, base_lr=config.base_lr, weight_decay=config.weight_decay,
-            max_iter=config.max_iter, lr_end_multiplier=config.lr_end_multiplier)
+            max_iter=config.max_iter, lr_end_multiplier=config.lr_end_multiplier, scheduler=config.scheduler,
+            poly_power=config.poly_power, warmup_iters=config.warmup_iters, warmup_factor=config.warmup_factor)
         self.trained_params = [p for p in self.model.parameters() if p.requires_grad]
         self.templates = get_templates(config.template_set)
         self.synonym_class_index = torch.from_numpy(self.vocabulary.synonym_class_index.copy())
@@ -252,9 +262,16 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext())
         with autocast:
             text = self._text_embeddings(rows)
-            logits = self.model(pixel_values, masks, text,
-                                torch.arange(num_classes, device=self.device), num_classes)
-        loss = class_balanced_cross_entropy(logits.float(), class_ids, temperature=self.config.ce_temperature)
+            if self.maftp is not None:  # CE (weighted) + MAFT+'s mask-aware and RC terms
+                loss, self.last_loss_terms = self.maftp.loss(
+                    self.model, images, masks, class_ids, text, num_classes,
+                    lambda lg, ids: class_balanced_cross_entropy(lg, ids, temperature=self.config.ce_temperature),
+                    pixel_values=pixel_values)
+            else:
+                logits = self.model(pixel_values, masks, text,
+                                    torch.arange(num_classes, device=self.device), num_classes)
+        if self.maftp is None:
+            loss = class_balanced_cross_entropy(logits.float(), class_ids, temperature=self.config.ce_temperature)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         average_gradients(self.trained_params, self.world_size)  # DDP's mean, before the clip sees the gradient
@@ -289,7 +306,7 @@ class Trainer:
                         "validation", "final_eval")  # validation draws no RNG and trains nothing
 
     def _generators(self) -> Dict[str, torch.Generator]:
-        return {"synonyms": self.synonym_generator}
+        return {"synonyms": self.synonym_generator, **(self.maftp.rng_generators() if self.maftp else {})}
 
     def save_checkpoint(self, path: Path, step: int) -> Path:
         """Every rank calls it (the RNG states of all ranks are gathered); rank 0 writes."""
@@ -381,6 +398,8 @@ class Trainer:
                 validation(step, force=step == config.max_iter)
                 if step % config.log_every == 0 or step == 1 or step == config.max_iter:
                     writer.add_scalar("train/loss", loss, step)
+                    for term, value in self.last_loss_terms.items():
+                        writer.add_scalar(f"train/{term}", value, step)
                     if self.last_grad_norm is not None:
                         writer.add_scalar("train/grad_norm_before_clip", self.last_grad_norm, step)
                     for g, lr in zip(self.optimizer.param_groups, lrs):

@@ -8,12 +8,23 @@ from .convert import (
     maskclippp_checkpoint_family,
 )
 from .convert_text import load_maskclippp_text_tower, split_maskclippp_text_state_dict
-from .psm import PSM_KINDS, IdentityPSM, LinearPSM, PseudoTextPSM, build_psm, mask_class_logits, scaled_cosine
+from .psm import (
+    CDTPSM,
+    PSM_KINDS,
+    IdentityPSM,
+    LinearPSM,
+    PseudoTextPSM,
+    build_psm,
+    mask_class_logits,
+    patch_grid_of,
+    scaled_cosine,
+)
 from .towers import ClipClassifier, MaskEmbeddingOutput, build_open_clip_model, detect_family
 from .tiny import TINY_FAMILIES, build_tiny_classifier
 
 __all__ = [
     "PSM_KINDS",
+    "CDTPSM",
     "TINY_FAMILIES",
     "build_psm",
     "build_tiny_classifier",
@@ -32,6 +43,7 @@ __all__ = [
     "load_ovs_classifier_checkpoint",
     "maskclippp_checkpoint_family",
     "mask_class_logits",
+    "patch_grid_of",
     "scaled_cosine",
     "split_maskclippp_text_state_dict",
 ]

@@ -5,7 +5,8 @@ per sentence) to per-synonym logits `[B, Q, S]`; `mask_class_logits` then takes 
 
 * ViT / ResNet: per-template cosine x `min(exp(logit_scale), 100)` -> `LinearPSM` (or `IdentityPSM`, the mean over
   templates, for a model without PSM weights).
-* ConvNeXt: `PseudoTextPSM` (text refined by the image's patch embeddings; no logit scale).
+* ConvNeXt: `PseudoTextPSM` (text refined by the image's patch embeddings; no logit scale), or `CDTPSM`, MAFT+'s
+  Content-Dependent Transfer (`ovs_ros.models.maftp.cdt`) trained by `ovs_training` in a MaskCLIP++ pairing.
 
 Module names follow MaskCLIP++ (`psm/linear.py`: `corr_proj_in.0`, `corr_proj_out.0`; `psm/pesudo_text.py`:
 `img_proj`, `img2text`, `ln_1`) so its PSM weights load without renaming.
@@ -92,9 +93,55 @@ class PseudoTextPSM(nn.Module):
         return F.normalize(mask_embeddings, dim=-1) @ text.transpose(1, 2)
 
 
+class CDTPSM(nn.Module):
+    """MAFT+'s Content-Dependent Transfer as a PSM: `t' = CDT(t, F)`, logits `min(exp(s), 100) * <normalize(E_m), t'>`.
+
+    `t` is the L2-normalised mean over templates (FC-CLIP / MAFT+ text classifier), `F` the per-pixel patch
+    embeddings on their `[h, w]` grid (the CDT's sine position encoding needs the layout: pass `patch_grid`).
+    The runtime module is reused as is (`ContentDependentTransfer`); MAFT+'s void row is left out because every
+    row attends and normalises on its own, so it changes no class row (the void probability is the generator's).
+    `t'` is not re-normalised, as in MAFT+ `get_classification_logits`. Runs per image, after the text cache.
+    """
+
+    needs_patch_grid = True
+
+    def __init__(self, dim: int, num_heads: int = 8, panoptic: bool = False):
+        super().__init__()
+        from ovs_ros.models.maftp.cdt import ContentDependentTransfer
+
+        self.cdt = ContentDependentTransfer(dim, num_heads, panoptic=panoptic)
+
+    def transferred_text(self, text_embeddings: Tensor, patch_embeddings: Tensor, patch_grid) -> Tensor:
+        """`[S, T, D]`, `[B, HW, D]`, (h, w) -> per-image text classifier `[B, S, D]`."""
+        b, hw, d = patch_embeddings.shape
+        h, w = (int(v) for v in patch_grid)
+        if h * w != hw:
+            raise ValueError(f"patch_grid {h}x{w} does not hold {hw} patch embeddings")
+        dense = patch_embeddings.transpose(1, 2).reshape(b, d, h, w)
+        return self.cdt(dense, F.normalize(text_embeddings.mean(dim=1), dim=-1))
+
+    def forward(self, mask_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor,
+                patch_embeddings: Optional[Tensor] = None, patch_grid=None) -> Tensor:
+        if patch_embeddings is None or patch_grid is None:
+            raise ValueError("CDTPSM needs patch_embeddings and patch_grid (ConvNeXt encode_masks output)")
+        text = self.transferred_text(text_embeddings, patch_embeddings, patch_grid)
+        cos = F.normalize(mask_embeddings, dim=-1).to(text.dtype) @ text.transpose(1, 2)
+        return cos * logit_scale.exp().clamp(max=MAX_LOGIT_SCALE).to(cos.dtype)
+
+
+def patch_grid_of(image_hw, num_patches: int) -> tuple:
+    """The `(h, w)` feature grid of `num_patches` patches over a `[H, W]` input (one stride on both axes)."""
+    height, width = (int(v) for v in image_hw)
+    stride = (height * width / max(int(num_patches), 1)) ** 0.5
+    grid = (round(height / stride), round(width / stride))
+    if grid[0] * grid[1] != int(num_patches):
+        raise ValueError(f"{num_patches} patches do not tile a {height}x{width} input with one stride")
+    return grid
+
+
 def mask_class_logits(mask_embeddings: Tensor, text_embeddings: Tensor, synonym_class_index: Tensor,
                       num_classes: int, psm: nn.Module, logit_scale: Tensor,
-                      patch_embeddings: Optional[Tensor] = None) -> Tensor:
+                      patch_embeddings: Optional[Tensor] = None, patch_grid=None) -> Tensor:
     """Class logits of each mask: PSM per synonym, then the max over each class's synonyms.
 
     Args:
@@ -104,7 +151,8 @@ def mask_class_logits(mask_embeddings: Tensor, text_embeddings: Tensor, synonym_
         num_classes: K.
         psm: `IdentityPSM`, `LinearPSM` or `PseudoTextPSM`.
         logit_scale: CLIP's log temperature (ignored by `PseudoTextPSM`).
-        patch_embeddings: `[B, HW, D]` for `PseudoTextPSM`.
+        patch_embeddings: `[B, HW, D]` for `PseudoTextPSM` and `CDTPSM`.
+        patch_grid: `(h, w)` of the patch embeddings, for the PSMs that declare `needs_patch_grid` (`CDTPSM`).
 
     Returns:
         `[B, Q, K]`; a class without synonyms gets -inf.
@@ -116,14 +164,15 @@ def mask_class_logits(mask_embeddings: Tensor, text_embeddings: Tensor, synonym_
     if synonym_class_index.dim() != 1 or synonym_class_index.shape[0] != text_embeddings.shape[0]:
         raise ValueError(f"synonym_class_index must be [S] with S = {text_embeddings.shape[0]}, "
                          f"got {tuple(synonym_class_index.shape)}")
-    syn_logits = psm(mask_embeddings, text_embeddings, logit_scale, patch_embeddings=patch_embeddings)  # B, Q, S
+    grid = {"patch_grid": patch_grid} if getattr(psm, "needs_patch_grid", False) else {}
+    syn_logits = psm(mask_embeddings, text_embeddings, logit_scale, patch_embeddings=patch_embeddings, **grid)  # B,Q,S
     b, q, s = syn_logits.shape
     index = synonym_class_index.to(syn_logits.device).view(1, 1, s).expand(b, q, s)
     out = syn_logits.new_full((b, q, num_classes), float("-inf"))
     return out.scatter_reduce(-1, index, syn_logits, reduce="amax", include_self=True)
 
 
-PSM_KINDS = ("identity", "linear", "pseudo_text")
+PSM_KINDS = ("identity", "linear", "pseudo_text", "cdt", "cdt_panoptic")
 
 
 def build_psm(kind: str, *, num_templates: Optional[int] = None, text_dim: Optional[int] = None,
@@ -139,4 +188,8 @@ def build_psm(kind: str, *, num_templates: Optional[int] = None, text_dim: Optio
         if not (text_dim and image_dim):
             raise ValueError("a pseudo_text PSM needs text_dim and image_dim")
         return PseudoTextPSM(text_dim, image_dim)
+    if kind in ("cdt", "cdt_panoptic"):  # MAFT+ semantic LN(t + W A + b) / panoptic t + LN(W A + b)
+        if not text_dim:
+            raise ValueError(f"a {kind} PSM needs text_dim")
+        return CDTPSM(text_dim, panoptic=kind == "cdt_panoptic")
     raise ValueError(f"unknown PSM {kind!r}; choose from {PSM_KINDS}")
