@@ -169,25 +169,35 @@ def audit_syncs(device: Optional[torch.device] = None, *, modes: bool = True) ->
     cuda = device is not None and torch.device(device).type == "cuda"
     with contextlib.ExitStack() as stack:
         if cuda:
-            previous = torch.cuda.get_sync_debug_mode()
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter("always")
-            original_show = warnings.showwarning
-
-            def show(message, category, filename, lineno, file=None, line=None):
-                if "synchroniz" in str(message):
-                    record(f"cuda_sync: {str(message).splitlines()[0][:80]}")
-                else:
-                    original_show(message, category, filename, lineno, file, line)
-
-            warnings.showwarning = show
-            torch.cuda.set_sync_debug_mode("warn")
-            stack.callback(torch.cuda.set_sync_debug_mode, previous)
+            stack.enter_context(_cuda_sync_warnings(record))
         if modes:
             depth = [0]
             stack.enter_context(_FunctionRecorder(record, depth))
             stack.enter_context(_DispatchRecorder(record, depth))
         yield report
+
+
+@contextlib.contextmanager
+def _cuda_sync_warnings(record) -> Iterator[None]:
+    """PyTorch's sync debug mode on; each "synchronizing CUDA operation" warning becomes an event (with the Python
+    stack that triggered it), every other warning is shown as usual; the previous mode is restored."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        original_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if "synchroniz" in str(message):
+                record(f"cuda_sync: {str(message).splitlines()[0][:80]}")
+            else:
+                original_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
 
 
 def audit_segment(segmenter: Any, rgb: Any, *, modes: bool = True, **segment_kwargs: Any) -> SyncReport:

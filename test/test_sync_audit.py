@@ -154,3 +154,26 @@ def test_text_embeddings_stay_on_the_device_across_a_vocabulary_switch(tiny, mon
     assert seen[0][1] == seen[1][1], "the same vocabulary's embeddings were re-made for a frame"
     assert seen[2][1] != seen[0][1] and seen[3][1] == seen[2][1]
     assert tiny._current().embeddings.text_embeddings.device == tiny.device
+
+
+def test_cuda_debug_mode_warnings_become_events(monkeypatch):
+    """The CUDA detector without a GPU: the debug mode is switched on and restored, its warnings are recorded with
+    the stack that caused them, other warnings still reach the user."""
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def frame_to_host():  # a final-copy site by name (sync_audit.FINAL_COPY matches the file too: not this one)
+        warnings.warn("called a synchronizing CUDA operation")
+
+    with pytest.warns(UserWarning, match="unrelated"):
+        with audit_syncs(torch.device("cuda"), modes=False) as report:
+            warnings.warn("called a synchronizing CUDA operation")
+            warnings.warn("unrelated")
+            frame_to_host()
+    assert modes == ["warn", 0]
+    assert [e.op.split(":")[0] for e in report.events] == ["cuda_sync", "cuda_sync"]
+    assert all(e.where == "window" for e in report.events)
+    assert any("test_cuda_debug_mode_warnings_become_events" in line for line in report.events[0].stack)
