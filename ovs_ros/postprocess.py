@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .results import SegmentInfo
@@ -100,8 +101,7 @@ def ensemble_class_probs(
     gen_class_logits = gen_class_logits.float()
     p_clip = clip_logits.softmax(-1)
     p_gen = map_generator_logits(gen_class_logits, lut, k).softmax(-1)
-    a = torch.where(seen_t, torch.tensor(float(alpha), device=clip_logits.device),
-                    torch.tensor(float(beta), device=clip_logits.device))
+    a = torch.where(seen_t, float(alpha), float(beta))  # Python scalars: no per-frame upload
     p = torch.log(p_gen.pow(1.0 - a) * p_clip.pow(a) + 1e-8).softmax(-1)
     p_void = gen_class_logits.softmax(-1)[:, -1:]
     return torch.cat([p * (1.0 - p_void), p_void], dim=-1)
@@ -115,6 +115,9 @@ class PanopticMergeOutput:
     segment_class: [N] int64 class index. segment_score: [N] float, max class probability over the segment's
         queries (several only for merged stuff). segment_is_thing: [N] bool. segment_area: [N] int64 pixels.
     query_segment: [Q] int64 segment id each query ended in (0 = dropped), e.g. for instance masks or debugging.
+    num_valid: None, or (`panoptic_merge(padded=True)`) a 0-dim int64 device tensor: the segment tables then have a
+        fixed number of rows (an upper bound, the kept queries), the first `num_valid` are the segments, the rest
+        zeros; knowing N needs no host sync.
     """
 
     panoptic: Tensor
@@ -123,10 +126,20 @@ class PanopticMergeOutput:
     segment_is_thing: Tensor
     segment_area: Tensor
     query_segment: Tensor
+    num_valid: Optional[Tensor] = None
 
     @property
     def num_segments(self) -> int:
+        """Rows of the segment tables (padded: an upper bound of the segments)."""
         return int(self.segment_class.shape[0])
+
+    def trimmed(self) -> "PanopticMergeOutput":
+        """The exact-size tables of a padded merge (one host sync for N)."""
+        if self.num_valid is None:
+            return self
+        n = int(self.num_valid)
+        return PanopticMergeOutput(self.panoptic, self.segment_class[:n], self.segment_score[:n],
+                                   self.segment_is_thing[:n], self.segment_area[:n], self.query_segment)
 
     def segments(self, labels: Sequence[str]) -> List[SegmentInfo]:
         """`build_segments` at the merge resolution (boxes from `segment_boxes`)."""
@@ -142,6 +155,8 @@ def panoptic_merge(
     object_mask_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
     chunk_pixels: Optional[int] = None,
+    padded: bool = False,
+    compact: Optional[bool] = None,
 ) -> PanopticMergeOutput:
     """Merge per-query masks into a panoptic map with detectron2 `panoptic_inference` semantics (corrections.md 11-12).
 
@@ -153,6 +168,12 @@ def panoptic_merge(
         overlap_threshold: drop a query when its argmax area / its `>= 0.5` area is below this.
         chunk_pixels: pixels per block of the argmax pass; None = about 4 MB blocks on CPU (cache-resident, 4-5x
             faster than one [Q, H*W] pass at 640x640), one block on GPU.
+        padded: segment tables with a fixed number of rows and `num_valid` on the device (no host sync for N).
+        compact: gather the kept queries first (`nonzero`: a host sync on CUDA, so the argmax is over P <= Q
+            columns) or run over all Q with the dropped ones pushed below every kept product (no sync). None: compact
+            on the CPU only, where a sync costs nothing and fewer columns are faster. The results are identical.
+
+    With `padded=True, compact=False` nothing here waits for the device (test/test_sync_audit.py).
 
     Queries are visited in query order (no sort by score). A query's argmax pixels over the kept queries' `score * mask`
     that also have `mask >= 0.5` form its segment. Vectorised: one argmax, per-query areas by `bincount`, stuff merging
@@ -169,29 +190,46 @@ def panoptic_merge(
 
     scores, labels = class_probs.max(-1)  # over K + 1, as detectron2: a void argmax drops the query
     keep = (labels != k) & (scores > object_mask_threshold)
-    kept_idx = keep.nonzero().squeeze(1)  # [P] query indices, query order
-    p = kept_idx.shape[0]
+    if compact is None:
+        compact = device.type == "cpu"
+    compact = compact or q == 0
     query_segment = torch.zeros(q, dtype=torch.long, device=device)
-    if p == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return PanopticMergeOutput(torch.zeros(h, w, dtype=torch.int32, device=device), empty,
-                                   scores.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=device),
-                                   empty.clone(), query_segment)
-
-    cur_scores = scores.index_select(0, kept_idx)
-    cur_labels = labels.index_select(0, kept_idx)
-    ids, hit, original_area = _kept_argmax(mask_probs.reshape(q, h * w), kept_idx, cur_scores, chunk_pixels)
-    mask_area = torch.bincount(ids, minlength=p)
-    inter_area = torch.bincount(ids, weights=hit.to(torch.float64), minlength=p).to(torch.long)
+    offset = None
+    if compact:
+        kept_idx = keep.nonzero().squeeze(1)  # [P] query indices, query order
+        p = kept_idx.shape[0]
+        if p == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return PanopticMergeOutput(torch.zeros(h, w, dtype=torch.int32, device=device), empty,
+                                       scores.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=device),
+                                       empty.clone(), query_segment,
+                                       empty.new_zeros(()) if padded else None)
+        cur_scores = scores.index_select(0, kept_idx)
+        cur_labels = labels.index_select(0, kept_idx)
+        cur_keep = None
+    else:  # all Q columns; a dropped query's product is pushed below 0, so it never wins a pixel a kept one can
+        kept_idx = torch.arange(q, device=device)
+        p = q
+        cur_scores = scores
+        cur_labels = torch.where(keep, labels, torch.zeros_like(labels))  # void -> any class: it is invalid below
+        cur_keep = keep
+        offset = torch.where(keep, 0.0, -2.0).to(mask_probs.dtype)
+    ids, hit, original_area = _kept_argmax(mask_probs.reshape(q, h * w), kept_idx, cur_scores, chunk_pixels, offset)
+    if cur_keep is not None:
+        hit = hit & cur_keep.index_select(0, ids)  # no kept query at all: every pixel is void
+    mask_area = _count(ids, p)
+    inter_area = _count(ids, p, hit)
     ratio_ok = ~(mask_area.double() / original_area.clamp_min(1).double() < overlap_threshold)
     valid = (mask_area > 0) & (original_area > 0) & (inter_area > 0) & ratio_ok  # [P]
+    if cur_keep is not None:
+        valid = valid & cur_keep
 
     # Stuff: the first valid query of a class owns the segment; later ones merge into it.
     pos = torch.arange(p, device=device)
     cur_thing = thing.index_select(0, cur_labels)
     stuff_valid = valid & ~cur_thing
-    first_of_class = torch.full((k,), p, dtype=torch.long, device=device)
-    first_of_class = first_of_class.scatter_reduce(0, cur_labels[stuff_valid], pos[stuff_valid], reduce="amin")
+    first_of_class = torch.full((k + 1,), p, dtype=torch.long, device=device)  # column k: not stuff / not valid
+    first_of_class = first_of_class.scatter_reduce(0, torch.where(stuff_valid, cur_labels, k), pos, reduce="amin")
     owner = torch.where(cur_thing, pos, first_of_class.index_select(0, cur_labels).clamp_max(p - 1))
     creates = valid & (owner == pos)
     creator_id = torch.cumsum(creates.long(), 0) * creates  # 1..N at creating positions
@@ -199,21 +237,33 @@ def panoptic_merge(
 
     pix_seg = seg_of_pos.index_select(0, ids) * hit  # [HW]
     panoptic = pix_seg.view(h, w).to(torch.int32)
-    query_segment[kept_idx] = seg_of_pos
+    query_segment.index_copy_(0, kept_idx, seg_of_pos)
 
-    n = int(creates.sum())
-    segment_class = cur_labels[creates]
-    segment_is_thing = cur_thing[creates]
-    segment_area = torch.zeros(n + 1, dtype=torch.long, device=device).scatter_add(
+    # Tables with P rows (segment id i at row i - 1; rows past N stay zero), filled by scatters: no host sync.
+    row = torch.where(creates, creator_id - 1, p)  # non-creating positions -> a spare row P, dropped
+    segment_class = torch.zeros(p + 1, dtype=torch.long, device=device).scatter(0, row, cur_labels)[:p]
+    segment_is_thing = torch.zeros(p + 1, dtype=torch.bool, device=device).scatter(0, row, cur_thing)[:p]
+    segment_area = torch.zeros(p + 1, dtype=torch.long, device=device).scatter_add(
         0, seg_of_pos, inter_area * valid)[1:]
-    segment_score = torch.zeros(n + 1, dtype=scores.dtype, device=device).scatter_reduce(
+    segment_score = torch.zeros(p + 1, dtype=scores.dtype, device=device).scatter_reduce(
         0, seg_of_pos, torch.where(valid, cur_scores, torch.zeros_like(cur_scores)), reduce="amax")[1:]
-    return PanopticMergeOutput(panoptic, segment_class, segment_score, segment_is_thing, segment_area, query_segment)
+    merged = PanopticMergeOutput(panoptic, segment_class, segment_score, segment_is_thing, segment_area,
+                                 query_segment, creates.sum())
+    return merged if padded else merged.trimmed()
 
 
-def _kept_argmax(masks_flat: Tensor, kept_idx: Tensor, kept_scores: Tensor, chunk_pixels: Optional[int]):
+def _count(ids: Tensor, size: int, where: Optional[Tensor] = None) -> Tensor:
+    """`bincount(ids, minlength=size)` (of the `where` entries) without the host sync CUDA's bincount makes to find
+    its length; ids < size."""
+    ones = torch.ones_like(ids) if where is None else where.long()
+    return torch.zeros(size, dtype=torch.long, device=ids.device).scatter_add(0, ids, ones)
+
+
+def _kept_argmax(masks_flat: Tensor, kept_idx: Tensor, kept_scores: Tensor, chunk_pixels: Optional[int],
+                 offset: Optional[Tensor] = None):
     """Per pixel, the first kept query maximising `score * mask` (torch.argmax: first index on ties), whether that
-    query's mask is >= 0.5 there, and each kept query's `>= 0.5` area.
+    query's mask is >= 0.5 there, and each kept query's `>= 0.5` area. `offset` [P] is added to the products (0 for
+    kept queries, so their values and ties are unchanged; negative for dropped ones).
 
     Works on [pixels, P] blocks: a reduction along the contiguous last axis is several times faster on CPU than
     `argmax(0)` over a [P, H*W] tensor, and a block stays in cache. The products are the same floats either way.
@@ -232,7 +282,10 @@ def _kept_argmax(masks_flat: Tensor, kept_idx: Tensor, kept_scores: Tensor, chun
         if not all_kept:
             block = block.index_select(0, kept_idx)
         block = block.t().contiguous()  # [n, P]
-        winner = (block * kept_scores).max(1).indices  # first index on ties, like argmax
+        products = block * kept_scores
+        if offset is not None:
+            products = products + offset
+        winner = products.max(1).indices  # first index on ties, like argmax
         above = block >= 0.5
         ids[start:start + n] = winner
         hit[start:start + n] = above.gather(1, winner.unsqueeze(1)).squeeze(1)
@@ -244,8 +297,7 @@ def semantic_map(panoptic: Tensor, segment_class: Tensor, void_id: int) -> Tenso
     """[H, W] int32 class index per pixel from a panoptic map; `void_id` where the id is 0."""
     _check(panoptic, "panoptic", 2)
     _check(segment_class, "segment_class", 1)
-    lut = torch.cat([torch.tensor([void_id], dtype=torch.long, device=panoptic.device),
-                     segment_class.to(device=panoptic.device, dtype=torch.long)])
+    lut = F.pad(segment_class.long(), (1, 0), value=int(void_id))  # no per-frame upload of the void id
     return lut[panoptic.long()].to(torch.int32)
 
 
@@ -276,7 +328,7 @@ def panoptic_at_size(merge: "PanopticMergeOutput", size_hw: Sequence[int]) -> Tu
         panoptic = torch.nn.functional.interpolate(panoptic[None, None].float(), size=tuple(size_hw),
                                                    mode="nearest")[0, 0].to(torch.int32)
     num_segments = merge.num_segments
-    areas = torch.bincount(panoptic.flatten().long(), minlength=num_segments + 1)[1:num_segments + 1]
+    areas = _count(panoptic.flatten().long(), num_segments + 1)[1:]
     return panoptic, areas, segment_boxes(panoptic, num_segments)
 
 

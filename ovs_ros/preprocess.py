@@ -7,7 +7,7 @@ device, so a camera frame is uploaded once and never comes back to the CPU until
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -71,8 +71,8 @@ def image_to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
 def prepare_branch(
     image_01: torch.Tensor,
     spec: ResizeSpec,
-    pixel_mean_01: Sequence[float],
-    pixel_std_01: Sequence[float],
+    pixel_mean_01: Union[Sequence[float], torch.Tensor],
+    pixel_std_01: Union[Sequence[float], torch.Tensor],
     dtype: torch.dtype = torch.float32,
 ) -> BranchInput:
     """Resize (bilinear; antialiased when shrinking if the spec says so), normalise, zero-pad to the branch's shape."""
@@ -82,8 +82,9 @@ def prepare_branch(
         shrinking = resized_hw[0] < height
         image_01 = F.interpolate(image_01, size=resized_hw, mode="bilinear", align_corners=False,
                                  antialias=shrinking and spec.antialias)
-    mean = torch.tensor(pixel_mean_01, device=image_01.device, dtype=image_01.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(pixel_std_01, device=image_01.device, dtype=image_01.dtype).view(1, 3, 1, 1)
+    # device tensors (the Segmenter keeps them) pass through: a per-frame tensor from Python floats is a blocking upload
+    mean = torch.as_tensor(pixel_mean_01, device=image_01.device, dtype=image_01.dtype).view(1, 3, 1, 1)
+    std = torch.as_tensor(pixel_std_01, device=image_01.device, dtype=image_01.dtype).view(1, 3, 1, 1)
     normalised = (image_01 - mean) / std
     padded_hw = spec.padded_hw(resized_hw)
     pad_bottom, pad_right = padded_hw[0] - resized_hw[0], padded_hw[1] - resized_hw[1]

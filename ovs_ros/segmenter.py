@@ -8,6 +8,13 @@ Pipeline per frame (design.md, corrections.md 6, 9-12, 15):
   5. renormalised ensemble with the generator's logits (seen alpha / unseen beta), void from the generator
   6. vectorised panoptic merge at the input size (masks resized there, as MaskCLIP++), or on the generator frame with
      the id map resized (nearest) when the input is larger; semantic map, segment table
+  7. one copy to the host (host_copy.py)
+
+On CUDA a frame runs on the Segmenter's own stream, and nothing between the upload and that final copy makes the host
+wait for the device: no `.item()`, no data-dependent shape (the merge keeps fixed-size padded tables), no upload of
+Python constants (normalisation and vocabulary tensors live on the device). test/test_sync_audit.py counts it
+(ovs_ros/sync_audit.py); the exceptions are on the CPU only (the merge's `nonzero` compaction, free there) and the
+evaluation-only `instances=True` (a data-dependent top-k selection).
 
 The vocabulary is an immutable snapshot swapped under a lock: a frame in flight keeps the snapshot it started with,
 and a vocabulary change never blocks on a frame.
@@ -23,9 +30,9 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ovs_ros.host_copy import frame_to_host
 from ovs_ros.model_factory import LoadedModels, build_models
 from ovs_ros.postprocess import (
-    build_segments,
     ensemble_class_probs,
     identity_lut,
     masks_for_merge,
@@ -86,6 +93,7 @@ class Segmenter:
         self.template_set = models.template_set or config.template_set
         self.uses_pretrained_weights = models.uses_pretrained_weights
         self._upload = FrameUploader(self.device)
+        self._norm = {}  # (mean, std) -> device tensors, so a frame uploads no Python constants
         # One CUDA stream per Segmenter: frames of two Segmenters (two cameras) overlap on one GPU.
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         from ovs_ros.backends import attach_backend
@@ -239,11 +247,11 @@ class Segmenter:
         with timer.stage("preprocess"):
             image_01 = self._upload(rgb)
             gen_in = prepare_branch(
-                image_01, self._generator_spec, self.generator.pixel_mean_01, self.generator.pixel_std_01, self.dtype
+                image_01, self._generator_spec, *self._normalisation(self.generator), self.dtype
             )
             clip_in = None if self._classifier_in_generator else prepare_branch(
-                clip_source(image_01, gen_in, self._clip_spec), self._clip_spec, self.classifier.pixel_mean_01,
-                self.classifier.pixel_std_01, self.dtype
+                clip_source(image_01, gen_in, self._clip_spec), self._clip_spec,
+                *self._normalisation(self.classifier), self.dtype
             )
         with timer.stage("generator"):
             generated = self.generator(gen_in.pixel_values)
@@ -296,6 +304,7 @@ class Segmenter:
                 state.is_thing,
                 object_mask_threshold=self.config.object_mask_threshold,
                 overlap_threshold=self.config.overlap_threshold,
+                padded=True,  # the segment count stays on the device until the final copy
             )
             panoptic, areas, boxes = panoptic_at_size(merged, (height, width))
             void_id = len(state.labels)
@@ -312,16 +321,9 @@ class Segmenter:
             with timer.stage("instance_inference"):
                 instance_out = instance_inference(merge_masks, class_probs, state.is_thing)
         with timer.stage("to_host"):
-            panoptic_np = panoptic.cpu().numpy()
-            semantic_np = semantic.cpu().numpy()
-            segments = build_segments(
-                segment_class=merged.segment_class,
-                segment_score=merged.segment_score,
-                segment_is_thing=merged.segment_is_thing,
-                segment_area=areas,
-                segment_boxes=boxes,
-                labels=state.labels,
-            )
+            panoptic_np, semantic_np, segments, (semantic_ids_np, *instances_np) = frame_to_host(
+                panoptic, semantic, merged, areas, boxes, state.labels,
+                extras=(semantic_ids, *(instance_out or (None, None, None))))
         timer.finish()  # CUDA: the stage events, read after the frame's last copy to the host
         timer.timings_ms["total"] = sum(timer.timings_ms.values())
         return PanopticResult(
@@ -331,9 +333,16 @@ class Segmenter:
             void_class_id=void_id,
             vocabulary_version=state.version,
             timings_ms=timer.timings_ms,
-            semantic_inference=None if semantic_ids is None else semantic_ids.cpu().numpy(),
-            instances=None if instance_out is None else InstanceResult(*(t.cpu().numpy() for t in instance_out)),
+            semantic_inference=semantic_ids_np,
+            instances=None if instance_out is None else InstanceResult(*instances_np),
         )
+
+    def _normalisation(self, module) -> tuple:
+        """A branch's (mean, std) as device tensors, made once (`prepare_branch` passes tensors through)."""
+        key = (tuple(module.pixel_mean_01), tuple(module.pixel_std_01))
+        if key not in self._norm:
+            self._norm[key] = tuple(torch.tensor(v, dtype=torch.float32, device=self.device) for v in key)
+        return self._norm[key]
 
     def describe(self) -> dict:
         """Facts for logs and diagnostics."""

@@ -246,6 +246,11 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert "backend tensorrt needs a CUDA device" in cases["tensorrt:fp16"]["error"]
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tiny | eager | float32 |" in table and "1.00x (reference)" in table
+    # the host-sync audit: on the CPU only the merge's compaction (test/test_sync_audit.py), 0 from the CUDA debug mode
+    syncs = cases["eager:fp32"]["host_syncs"]
+    assert syncs["window"] == 1 and syncs["cuda_debug"] == 0 and list(syncs["sites"]) == [
+        next(k for k in syncs["sites"] if k.startswith("nonzero @") and "panoptic_merge" in k)]
+    assert "| 0 / 1 |" in table
 
 
 def test_benchmark_compares_backends_and_writes_json(tmp_path):

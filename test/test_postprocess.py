@@ -158,6 +158,13 @@ def test_panoptic_merge_matches_detectron2(thresholds):
         blocked = panoptic_merge(masks, class_probs, is_thing, object_mask_threshold=obj_t,
                                  overlap_threshold=ovl_t, chunk_pixels=37)  # several pixel blocks, ragged tail
         assert_same(blocked, ref_pan, ref_segs, [f"c{i}" for i in range(k)])
+        # the sync-free form (all Q columns, padded tables; what runs on CUDA) gives the same merge
+        padded = panoptic_merge(masks, class_probs, is_thing, object_mask_threshold=obj_t, overlap_threshold=ovl_t,
+                                padded=True, compact=False, chunk_pixels=37 if seed % 2 else None)
+        assert padded.num_segments == q and int(padded.num_valid) == len(ref_segs)
+        assert int(padded.segment_class[len(ref_segs):].abs().sum()) == 0  # padding rows are zeros
+        assert_same(padded.trimmed(), ref_pan, ref_segs, [f"c{i}" for i in range(k)])
+        assert torch.equal(padded.query_segment, out.query_segment)
         # query_segment agrees with the map: every segment id of a kept query appears in the panoptic map
         ids = set(out.query_segment.tolist()) - {0}
         assert ids == set(range(1, out.num_segments + 1))
@@ -202,8 +209,14 @@ def test_panoptic_merge_all_below_threshold_and_empty():
     assert out.num_segments == 0 and int(out.panoptic.abs().sum()) == 0
     assert out.panoptic.dtype == torch.int32 and out.panoptic.shape == (8, 8)
     assert out.segments(["a", "b", "c"]) == []
-    out = panoptic_merge(torch.zeros(0, 8, 8), torch.zeros(0, 4), [True, True, False])
-    assert out.num_segments == 0
+    padded = panoptic_merge(masks, class_probs, [True, True, False], object_mask_threshold=0.5, padded=True,
+                            compact=False)
+    assert int(padded.num_valid) == 0 and int(padded.panoptic.abs().sum()) == 0
+    assert padded.trimmed().num_segments == 0
+    for compact in (None, False):
+        out = panoptic_merge(torch.zeros(0, 8, 8), torch.zeros(0, 4), [True, True, False], padded=True,
+                             compact=compact)
+        assert out.num_segments == 0 and int(out.num_valid) == 0
 
 
 def test_panoptic_merge_validates():

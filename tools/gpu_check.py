@@ -6,7 +6,8 @@
 
 For each config it runs eager fp32 as the reference, then each `backend:precision` case on the same VGA frame
 (skimage's astronaut resized to 640x480): per-stage CUDA-event timings (median / p90 after warm-up), build time, peak
-GPU memory, speed-up over eager fp32, and parity with it (pixels with the same panoptic class, the same labels).
+GPU memory, speed-up over eager fp32, parity with it (pixels with the same panoptic class, the same labels), and the
+host syncs between the upload and the final copy (ovs_ros/sync_audit.py; expected 0 on CUDA, each site listed).
 Then a 150-class vocabulary switch (ADE-150, t14) cold and warm. Results: `OUT_DIR/gpu_check.json` and
 `OUT_DIR/gpu_check.md` (the table for BENCHMARKS.md). Cases that fail or would pass the budget are recorded as such.
 """
@@ -103,7 +104,22 @@ def run_case(config: str, overrides: dict, rgb, reference, iterations: int, warm
         out["parity"] = parity(reference, result)
     if device.type == "cuda":
         out["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    out["host_syncs"] = host_syncs(segmenter, rgb, device)
     return out
+
+
+def host_syncs(segmenter, rgb, device) -> Dict[str, object]:
+    """Host syncs between the upload and the final copy of one warm frame (ovs_ros/sync_audit.py): on CUDA counted by
+    torch.cuda.set_sync_debug_mode (`cuda_debug`), plus, for eager, the ops the CPU audit flags (`window`)."""
+    from ovs_ros.sync_audit import audit_segment
+
+    try:  # the dispatch modes stay away from compiled / TensorRT graphs: the debug mode alone there
+        report = audit_segment(segmenter, rgb, modes=device.type != "cuda" or segmenter.backend == "eager")
+    except Exception as exc:  # noqa: BLE001 - recorded
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    return {"window": len(report.window),
+            "cuda_debug": sum(e.op.startswith("cuda_sync") for e in report.window),
+            "final_copy": len(report.final_copy), "sites": report.by_site()}
 
 
 def vocabulary_switch(config: str, overrides: dict) -> Dict[str, float]:
@@ -119,27 +135,29 @@ def markdown(report: dict) -> str:
     lines = [f"GPU check {report['date']} on {env.get('gpu', 'no GPU')} (torch {env['torch']}, CUDA {env['cuda']}, "
              f"TensorRT {env['tensorrt']}, torch-tensorrt {env['torch_tensorrt']}); VGA frame, random weights.", "",
              "| config | backend | precision | total ms (median / p90) | generator ms | classifier ms | vs eager fp32 "
-             "| same class px | same labels | build s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| same class px | same labels | build s | peak MiB | host syncs (cuda debug / all) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for config, cases in report["results"].items():
         base = cases.get("eager:fp32", {}).get("timings_ms", {}).get("total", {}).get("median")
         for name, case in cases.items():
             if "error" in case or "skipped" in case:
-                lines.append(f"| {config} | {name} | | {case.get('error') or case.get('skipped')} | | | | | | | |")
+                lines.append(f"| {config} | {name} | | {case.get('error') or case.get('skipped')} | | | | | | | | |")
                 continue
             t = case["timings_ms"]
             par = case.get("parity", {})
+            sync = case.get("host_syncs", {})
+            syncs = sync.get("error") or f"{sync.get('cuda_debug', '?')} / {sync.get('window', '?')}"
             speed = f"{base / t['total']['median']:.2f}x" if base else ""
             lines.append(
                 f"| {config} | {case['backend']} | {case['precision']} | {t['total']['median']:.2f} / "
                 f"{t['total']['p90']:.2f} | {t.get('generator', {}).get('median', 0):.2f} | "
                 f"{t.get('classifier', {}).get('median', 0):.2f} | {speed} | "
                 f"{100 * par['pixel_agreement']:.2f} % | {par['same_labels']} | {case['build_s']:.1f} | "
-                f"{case.get('peak_memory_mib', 0):.0f} |" if par else
+                f"{case.get('peak_memory_mib', 0):.0f} | {syncs} |" if par else
                 f"| {config} | {case['backend']} | {case['precision']} | {t['total']['median']:.2f} / "
                 f"{t['total']['p90']:.2f} | {t.get('generator', {}).get('median', 0):.2f} | "
                 f"{t.get('classifier', {}).get('median', 0):.2f} | 1.00x (reference) | | | {case['build_s']:.1f} | "
-                f"{case.get('peak_memory_mib', 0):.0f} |")
+                f"{case.get('peak_memory_mib', 0):.0f} | {syncs} |")
     switch = report.get("vocabulary_switch")
     if switch and "error" in switch:
         lines += ["", f"Vocabulary switch: {switch['error']}"]

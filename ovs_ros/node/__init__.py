@@ -4,6 +4,7 @@
   params.py             the parameter table (defaults, descriptors, checks)
   input.py              camera subscription: topic names, QoS matched to the publishers, camera_info
   frames.py             the newest-frame slot between callback and worker
+  publisher.py          the publisher thread: encode/publish overlaps the next frame (one pending result)
   health.py             counters, input-loss accounting, throttled logs
   diagnostics.py        /diagnostics values and status
   outputs.py            publishers; payloads.py what goes on them (JSON, class/confidence images, vision_msgs)

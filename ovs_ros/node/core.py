@@ -5,7 +5,9 @@ parameters: vocabulary_params.py; health: health.py, diagnostics.py; entry point
 Threads and callback groups (nothing waits behind a vocabulary change):
   - image (and camera_info) callbacks: own group; an O(1) check, then the frame goes into a one-frame slot (newest
     wins, a displaced frame is counted as dropped);
-  - one worker thread takes the newest frame, decodes, segments, encodes and publishes;
+  - one worker thread takes the newest frame, decodes and segments it, and hands the result to the publisher thread
+    (publisher.py: one pending result, newest wins), which encodes and publishes it while the worker segments the
+    next frame (`publisher_thread: false`: the worker publishes itself);
   - parameter services: the node's default group, made reentrant, so a GetParameters is answered while a
     SetParameters encodes a large vocabulary (the encode blocks only the request that asked for it; vocabulary
     requests are serialised by a lock);
@@ -13,7 +15,8 @@ Threads and callback groups (nothing waits behind a vocabulary change):
     without /clock) from construction on, so a managed node reports before it is configured.
 
 Life cycle: configure loads the segmenter and the vocabulary and creates the publishers; activate publishes
-`~/labels`, starts the worker and subscribes; deactivate unsubscribes and joins the worker; cleanup releases the
+`~/labels`, starts the publisher and the worker and subscribes; deactivate unsubscribes, joins the worker, then
+drains and joins the publisher (nothing is published after it returns); cleanup releases the
 model. With `autostart` (the default, for `ros2 run`) the node configures and activates itself at start-up. Every
 transition that raises is logged with its traceback and fails (rclpy would swallow it silently).
 """
@@ -27,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -50,6 +54,7 @@ from ovs_ros.node.input import InputSubscription
 from ovs_ros.node.outputs import VISION_MSGS_OUTPUTS, OutputPublishers
 from ovs_ros.node.params import MAX_SEMANTIC_CLASSES, PARAMS_BY_NAME, check_all, declare_all
 from ovs_ros.node.payloads import load_vision_msgs
+from ovs_ros.node.publisher import ResultPublisher
 from ovs_ros.node.vocabulary_params import VocabularyParameters, vocabulary_strings
 
 from rclpy.node import Node
@@ -82,6 +87,16 @@ except ImportError:  # pragma: no cover - exercised only on old distros
         ERROR = 2
 
 NODE_NAME = "ovs"
+
+
+@dataclass
+class _Segmented:
+    """A segmented frame on its way from the worker to the publisher."""
+
+    frame: Frame
+    rgb: np.ndarray
+    result: Any
+    segment_s: float
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -153,6 +168,7 @@ class OvsNode(_BaseNode):
         self._input: Optional[InputSubscription] = None
         self._sub_group = MutuallyExclusiveCallbackGroup()
         self._worker: Optional[threading.Thread] = None
+        self._publisher: Optional[ResultPublisher] = None
         self._stop = threading.Event()
         self._active = False
         self._active_since: Optional[float] = None
@@ -334,6 +350,9 @@ class OvsNode(_BaseNode):
         self._first_frame_logged = False
         self._publish_labels()
         self._stop.clear()
+        if bool(self._param("publisher_thread")):
+            self._publisher = ResultPublisher(self._finish, lambda: self.stats.count("dropped_results"),
+                                              self._publish_failed)
         self._worker = threading.Thread(target=self._worker_loop, name="ovs_worker", daemon=True)
         self._worker.start()
         self.loss.forget_publishers()
@@ -382,6 +401,10 @@ class OvsNode(_BaseNode):
             if self._worker.is_alive():
                 self._log.warning("worker thread still busy after 30 s; leaving it (daemon)")
             self._worker = None
+        if self._publisher is not None:  # after the worker: its last result is published, then nothing more
+            if not self._publisher.stop(timeout=30.0):
+                self._log.warning("publisher thread still busy after 30 s; leaving it (daemon)")
+            self._publisher = None
         self._slot.clear()
 
     def _release(self) -> None:
@@ -508,12 +531,25 @@ class OvsNode(_BaseNode):
                             f"{'ran out of memory' if oom else 'failed'}: {type(exc).__name__}: {exc}", "error")
             return
         t_segmented = time.monotonic()
+        stats.stage("decode", (t_decoded - start) * 1e3)
+        stats.stage("segment", (t_segmented - t_decoded) * 1e3)
+        job = _Segmented(frame, rgb, result, t_segmented - t_decoded)
+        publisher = self._publisher
+        if publisher is None:
+            self._finish(job)
+        else:
+            publisher.submit(job)
+
+    def _finish(self, job: "_Segmented") -> None:
+        """Encode and publish one segmented frame, then account it (the publisher thread, or the worker)."""
+        stats, msg, rgb, result = self.stats, job.frame.msg, job.rgb, job.result
+        begin = time.monotonic()
         published = self._publish_result(msg.header, rgb, result)
         done = time.monotonic()
         if published and not self._first_frame_logged:
             self._first_frame_logged = True
             self._log.info(f"first frame segmented: {rgb.shape[1]}x{rgb.shape[0]} in "
-                           f"{(t_segmented - t_decoded) * 1e3:.0f} ms, {len(result.segments)} segments; "
+                           f"{job.segment_s * 1e3:.0f} ms, {len(result.segments)} segments; "
                            f"publishing {', '.join(published)}")
         now_ros = self.get_clock().now().nanoseconds
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -522,12 +558,15 @@ class OvsNode(_BaseNode):
             stats.processed.append(done)
             if stamp_ns > 0:
                 stats.latency_ms.append((now_ros - stamp_ns) / 1e6)
-        for name, ms in (("decode", (t_decoded - start) * 1e3), ("segment", (t_segmented - t_decoded) * 1e3),
-                         ("encode_publish", (done - t_segmented) * 1e3),
-                         ("receive_to_publish", (done - frame.received_mono) * 1e3)):
-            stats.stage(name, ms)
+        stats.stage("encode_publish", (done - begin) * 1e3)
+        stats.stage("receive_to_publish", (done - job.frame.received_mono) * 1e3)
         for name, ms in (result.timings_ms or {}).items():
             stats.stage(f"segmenter.{name}", float(ms))
+
+    def _publish_failed(self, exc: BaseException) -> None:
+        self.stats.count("internal_errors")
+        if rclpy.ok(context=self.context):
+            self._throttled("publish", f"frame not published: internal error {type(exc).__name__}: {exc}", "error")
 
     def _segmenter_refused(self, text: str, msg: Any) -> None:
         self.stats.count("bad_input")

@@ -16,8 +16,8 @@ LARGE_SAMPLE_REMEDY = ("large samples over best-effort on default Fast DDS are d
                        "reliable publisher (or input_reliability auto/reliable), input_mode: compressed, or "
                        "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA on both sides")
 COUNTERS = ("frames_received", "frames_processed", "input_lost", "skipped_no_subscribers", "overlay_rendered",
-            "dropped_frames", "dropped_stale_vocabulary", "bad_input", "segmenter_errors", "cuda_oom",
-            "internal_errors")
+            "dropped_frames", "dropped_results", "dropped_stale_vocabulary", "bad_input", "segmenter_errors",
+            "cuda_oom", "internal_errors")
 
 
 def hardware_name(device: str) -> str:

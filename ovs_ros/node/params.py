@@ -94,6 +94,10 @@ PARAMS: List[ParamSpec] = [
     ParamSpec("output_reliability", "reliable", "QoS reliability of ~/panoptic, ~/semantic, ~/segments, ~/overlay.",
               read_only=True, choices=RELIABILITIES),
     ParamSpec("output_depth", 2, "QoS history depth of the outputs.", read_only=True, int_range=(1, 100)),
+    ParamSpec("publisher_thread", True,
+              "Encode and publish on a thread of its own, overlapping the next frame's segmentation (one pending "
+              "result, newest wins: a replaced one counts in dropped_results). false: the worker publishes itself.",
+              read_only=True),
     ParamSpec("publish_panoptic", True, "Publish ~/panoptic (32SC1 segment ids, 0 = void)."),
     ParamSpec("publish_semantic", True, "Publish ~/semantic (class values, see semantic_encoding and "
               "semantic_void_value)."),

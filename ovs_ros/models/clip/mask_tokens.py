@@ -65,7 +65,7 @@ def resize_abs_pos_embed(pos_embed: Tensor, old_grid: Tuple[int, int], new_grid:
     return torch.cat([prefix, patches], dim=-2)
 
 
-def eva_rope_table(rope: nn.Module, grid_hw: Tuple[int, int]) -> Tensor:
+def eva_rope_table(rope: nn.Module, grid_hw: Tuple[int, int], device: Optional[torch.device] = None) -> Tensor:
     """EVA RoPE table `[h*w, 2 * rot_dim]` (sin | cos) for a patch grid, from the trunk's own frequency bands.
 
     Positions are `arange(h) / h * ref` with `ref` the pretrained grid (timm `ref_feat_shape`, corrections.md 2);
@@ -83,6 +83,7 @@ def eva_rope_table(rope: nn.Module, grid_hw: Tuple[int, int]) -> Tensor:
         rotate_half=rope.rotate_half,
         grid_type=rope.grid_type,
         normalize_coords=rope.normalize_coords,
+        device=device,  # built where it is used: a host-built table would be a blocking upload per frame
         dtype=torch.float32,
     )
     return torch.cat([sin_emb, cos_emb], dim=-1)
@@ -234,7 +235,7 @@ def vit_embed(family: str, visual: nn.Module, pixel_values: Tensor) -> Tuple[Ten
             x = x + pos if pos is not None else x
         x = trunk.pos_drop(x)
         x = trunk.norm_pre(x)
-        rope_table = eva_rope_table(trunk.rope, grid).to(x.device) if trunk.rope is not None else None
+        rope_table = eva_rope_table(trunk.rope, grid, x.device) if trunk.rope is not None else None
         return x, rope_table, grid
     if family == "vit":
         x = visual.conv1(pixel_values)
