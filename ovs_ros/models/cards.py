@@ -56,6 +56,7 @@ class ModelCard:
     overlap_threshold: Optional[float] = None
     text_tower_tuned: bool = False  # the file also holds a fine-tuned text tower (`_wtext` models)
     mask_prior_blocks: Optional[int] = None  # classifier cards (ViT): the mask tokens enter the last N blocks
+    teva: Optional[dict] = None  # classifier cards: FISA / FOV-Seg TeVA settings (TevaConfig fields); None = no TeVA
     recipe: Optional[str] = None  # the training recipe the weights came from (ovs_training exports)
     loadable: bool = True  # false: a card for a file this project cannot load yet (the reason says why)
     not_loadable_reason: str = ""
