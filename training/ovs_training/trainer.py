@@ -410,7 +410,9 @@ class Trainer:
 
             teva = self.model.classifier.config.teva
             fovseg = {"tensors": export_tensors(self.model.classifier, names),
-                      "teva": teva.card_dict() if teva.enabled else None}
+                      "teva": teva.card_dict() if teva.enabled else None,
+                      "notes": "ovs_training FISA / FOV-Seg export: CLIP-V q projections (fused q/k/v with the base "
+                               "k/v rows) and TeVA; FiSeR is training-only and not in the file"}
         return export_classifier(
             self.model.classifier, self.model.psm, out_dir, name=config.export_name, trained_names=names,
             psm_kind=config.psm, template_set=config.template_set, num_templates=len(self.templates),
