@@ -346,6 +346,7 @@ class Segmenter:
             "generator": self.config.generator.architecture,
             "classifier": self.config.classifier.model_name,
             "psm": type(self.psm).__name__,
+            "teva": bool(getattr(self.classifier, "vocabulary_dependent", False)),  # mask embeddings read the text
             "template_set": self.template_set,
             "vocabulary_size": len(self.vocabulary),
             "pretrained_weights": self.uses_pretrained_weights,

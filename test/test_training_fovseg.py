@@ -135,11 +135,12 @@ def test_fiser_label_sentence_masks_exactly_one_class():
     assert fiser.label_sentence(["a " * 40, "b " * 40], 1) is None  # the masked label does not fit
 
 
-def test_export_loads_and_runs_in_the_segmenter_with_teva(tmp_path):
+@pytest.mark.parametrize("name", ["tiny_fovseg", "tiny_fisa"])
+def test_export_loads_and_runs_in_the_segmenter_with_teva(name, tmp_path):
     from ovs_ros.models.cards import ModelCard
     from ovs_ros.segmenter import Segmenter
 
-    trainer = Trainer(_config("tiny_fovseg", tmp_path, max_iter=3, base_lr=1e-3))
+    trainer = Trainer(_config(name, tmp_path, max_iter=3, base_lr=1e-3))
     result = trainer.train()
     card = ModelCard.from_yaml(result.export["card"])
     assert card.teva == {"rank": 8, "adapter_hidden": 4, "adapter_grid_factor": 4} and card.mask_prior_blocks == 4
