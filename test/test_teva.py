@@ -242,3 +242,15 @@ def test_engine_export_refuses_a_teva_classifier(tmp_path):
     config = load_segmenter_config("tiny", _segmenter_overrides())
     with pytest.raises(ConfigError, match="cannot export a TeVA classifier"):
         export_engines(config, tmp_path)
+
+
+def test_card_teva_keys_are_checked_and_match_the_classifier_config():
+    from ovs_ros.models.cards import TEVA_CARD_KEYS, ModelCard
+    from ovs_ros.models.clip.config import TevaConfig
+
+    assert set(TevaConfig().card_dict()) == TEVA_CARD_KEYS
+    fields = dict(name="x", role="classifier", architecture="tiny-vit", filename="x.safetensors",
+                  format="ovs_safetensors")
+    assert ModelCard(**fields, teva={"rank": 4}).teva == {"rank": 4}
+    with pytest.raises(ValueError, match="unknown teva key"):
+        ModelCard(**fields, teva={"heads": 2})

@@ -29,6 +29,9 @@ class ChecksumMismatchError(ValueError):
     """A weights file on disk does not match the sha256 its card records."""
 
 
+TEVA_CARD_KEYS = {"rank", "adapter_hidden", "adapter_grid_factor"}  # ovs_ros.models.clip.TevaConfig.card_dict()
+
+
 @dataclass
 class ModelCard:
     """One downloadable weights file and the facts that belong with it."""
@@ -72,6 +75,10 @@ class ModelCard:
                 if value is not None and float(value) != 1.0:
                     raise ValueError(f"model card {self.name!r}: ensemble_on is false, so {name} must be 1.0 "
                                      f"(CLIP only), got {value}")
+        unknown = sorted(set(self.teva or {}) - TEVA_CARD_KEYS)
+        if unknown:
+            raise ValueError(f"model card {self.name!r}: unknown teva key(s) {unknown}; allowed: "
+                             f"{sorted(TEVA_CARD_KEYS)}")
         if not self.loadable and not self.not_loadable_reason:
             raise ValueError(f"model card {self.name!r}: loadable is false, so not_loadable_reason must say why")
 
