@@ -254,3 +254,19 @@ def test_card_teva_keys_are_checked_and_match_the_classifier_config():
     assert ModelCard(**fields, teva={"rank": 4}).teva == {"rank": 4}
     with pytest.raises(ValueError, match="unknown teva key"):
         ModelCard(**fields, teva={"heads": 2})
+
+
+def test_backend_auto_runs_a_teva_classifier_eager(monkeypatch):
+    """Where auto would pick an engine backend (CUDA with fixed shapes), a TeVA classifier runs eager instead."""
+    from types import SimpleNamespace
+
+    import ovs_ros.backends as backends
+
+    monkeypatch.setattr(backends, "resolve_backend", lambda name, device, config: "tensorrt")
+    clf = _teva_classifier(trained=False)
+    generator = object()
+    out = backends.attach_backend(SimpleNamespace(backend="auto"), generator, clf, torch.device("cpu"), torch.float32)
+    assert out == (generator, clf, "eager")
+    with pytest.raises(ConfigError, match="backend tensorrt cannot run a TeVA classifier"):
+        backends.attach_backend(SimpleNamespace(backend="tensorrt"), generator, clf, torch.device("cpu"),
+                                torch.float32)
