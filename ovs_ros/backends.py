@@ -46,6 +46,13 @@ def attach_backend(config: Any, generator: Any, classifier: Any, device: torch.d
     from ovs_ros.config_utils import ConfigError
 
     backend = resolve_backend(config.backend, device, config)
+    if backend != "eager" and getattr(classifier, "vocabulary_dependent", False):
+        if config.backend == "auto":
+            LOG.info("backend auto: eager (the TeVA classifier's mask embeddings take the vocabulary's text as an "
+                     "input, which the fixed-shape engines do not)")
+            return generator, classifier, "eager"
+        raise ConfigError(f"backend {backend} cannot run a TeVA classifier: its mask embeddings depend on the "
+                          "vocabulary's text, which the fixed-shape engines do not take as an input; use backend eager")
     if backend == "eager":
         return generator, classifier, backend
     if backend == "onnxruntime":

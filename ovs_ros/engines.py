@@ -550,6 +550,11 @@ def export_engines(config, out_dir: Union[str, Path], opset: int = DEFAULT_OPSET
                                             "backend": "eager"})
     models = build_models(config)
     generator, classifier = models.generator, models.classifier
+    if getattr(classifier, "vocabulary_dependent", False):
+        from ovs_ros.config_utils import ConfigError
+
+        raise ConfigError("ovs-export cannot export a TeVA classifier: its mask embeddings depend on the vocabulary's "
+                          "text, which the fixed-shape classifier engine does not take as an input; run it eager")
     g_hw = tuple(generator_hw or config.generator.fixed_hw or _default_hw(
         config.generator.input_short_side, config.generator.max_long_side, generator.size_divisibility))
     c_hw = tuple(classifier_hw or config.classifier.fixed_hw or _default_hw(

@@ -103,32 +103,33 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
         load_ovs_classifier_checkpoint,
     )
 
+    checkpoint = settings.checkpoint
+    card = load_card(settings.card) if settings.card else None
+    if checkpoint is None and card is not None:
+        checkpoint = str(resolve_weights(card, weights_dir))
+    meta = _ovs_metadata(checkpoint) if checkpoint is not None and card is None else {}  # a bare file: read once
+    options = dict(settings.options, **_teva_options(card, meta))
     torch.manual_seed(settings.random_seed)
     if settings.model_name.startswith("tiny-"):
         classifier = build_tiny_classifier(
-            settings.model_name[len("tiny-"):], input_short_side=settings.input_short_side, seed=settings.random_seed
-        )
+            settings.model_name[len("tiny-"):], input_short_side=settings.input_short_side, seed=settings.random_seed,
+            **options)
     else:
         classifier = ClipClassifier(
             ClipClassifierConfig(
                 model_name=settings.model_name,
                 pretrained=settings.pretrained,
                 input_short_side=settings.input_short_side,
-                **settings.options,
+                **options,
             )
         )
     psm_dims = dict(text_dim=classifier.embed_dim, image_dim=classifier.embed_dim)
-    checkpoint = settings.checkpoint
-    card = load_card(settings.card) if settings.card else None
-    if checkpoint is None and card is not None:
-        checkpoint = str(resolve_weights(card, weights_dir))
     if checkpoint is None:
         psm = build_psm(settings.psm, **psm_dims)
         if settings.psm == "identity":
             LOG.warning("no fine-tuned MaskCLIP++ weights: identity similarity "
                         "(cosine x logit scale, mean over templates)")
         return classifier, psm, None, settings.pretrained is not None
-    meta = _ovs_metadata(checkpoint) if card is None else {}  # a bare file: its own metadata, read once
     if card is not None:
         fmt = card.format
     else:  # our own exports say so in their safetensors metadata; anything else is a MaskCLIP++ file
@@ -150,6 +151,21 @@ def build_classifier(settings: ClassifierSettings, weights_dir: Optional[Path]) 
                     "weights are configured (classifier.pretrained, or the card's base_clip_pretrained): the text "
                     "tower and CLIP's logit scale are random", checkpoint)
     return classifier, psm, templates, settings.pretrained is not None
+
+
+def _teva_options(card: Optional[ModelCard], meta: dict) -> dict:
+    """TeVA weights build a TeVA classifier: its settings and mask-token depth come from the card (or the file's
+    own metadata), since the architecture belongs to the weights."""
+    import json
+
+    teva = card.teva if card is not None else (json.loads(meta["teva"]) if meta.get("teva") else None)
+    if not teva:
+        return {}
+    prior = card.mask_prior_blocks if card is not None else json.loads(meta.get("mask_prior_blocks", "null"))
+    out = {"teva": dict(teva, enabled=True)}
+    if prior is not None:
+        out["mask_prior_blocks"] = int(prior)
+    return out
 
 
 def _ovs_metadata(path: str) -> dict:

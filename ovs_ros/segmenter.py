@@ -76,6 +76,7 @@ class VocabularyState:
     is_thing: torch.Tensor  # [K] bool
     labels: tuple
     fcclip: Optional[object] = None  # FCCLIPVocabulary when the generator is FC-CLIP (its own text tower)
+    teva_text: Optional[torch.Tensor] = None  # [S, D] TeVA targets (template mean per phrase), TeVA classifiers only
 
 
 class Segmenter:
@@ -193,6 +194,7 @@ class Segmenter:
             fcclip=None if self._fcclip is None else self._fcclip.prepare(vocab),
             is_thing=torch.tensor(np.array(vocab.is_thing, dtype=bool), device=self.device),
             labels=tuple(vocab.labels),
+            teva_text=_teva_targets(self.classifier, embeddings),
         )
         with self._lock:
             self._version += 1
@@ -274,7 +276,9 @@ class Segmenter:
                     self.config.ensemble_alpha, self.config.ensemble_beta)
         else:
             with timer.stage("classifier"):
-                embedded = self.classifier.encode_masks(clip_in.pixel_values, clip_masks)
+                # TeVA: the mask embeddings read this vocabulary's text (from the cache; CLIP re-runs every frame)
+                text = {} if state.teva_text is None else {"text_embeddings": state.teva_text.to(self.dtype)}
+                embedded = self.classifier.encode_masks(clip_in.pixel_values, clip_masks, **text)
             with timer.stage("similarity"):
                 clip_logits = mask_class_logits(
                     embedded.mask_embeddings.float(),
@@ -353,10 +357,18 @@ class Segmenter:
             "generator": self.config.generator.architecture,
             "classifier": self.config.classifier.model_name,
             "psm": type(self.psm).__name__,
+            "teva": bool(getattr(self.classifier, "vocabulary_dependent", False)),  # mask embeddings read the text
             "template_set": self.template_set,
             "vocabulary_size": len(self.vocabulary),
             "pretrained_weights": self.uses_pretrained_weights,
         }
+
+
+def _teva_targets(classifier: object, embeddings: VocabularyEmbeddings) -> Optional[torch.Tensor]:
+    """TeVA's [TGT]: one L2-normalised embedding per phrase (its templates averaged); None without TeVA."""
+    if not getattr(classifier, "vocabulary_dependent", False):
+        return None
+    return torch.nn.functional.normalize(embeddings.text_embeddings.mean(dim=1), dim=-1)
 
 
 def _as_vocabulary(vocabulary: Union[Vocabulary, Sequence[str], str, Path], max_classes: int) -> Vocabulary:

@@ -29,6 +29,9 @@ class ChecksumMismatchError(ValueError):
     """A weights file on disk does not match the sha256 its card records."""
 
 
+TEVA_CARD_KEYS = {"rank", "adapter_hidden", "adapter_grid_factor"}  # ovs_ros.models.clip.TevaConfig.card_dict()
+
+
 @dataclass
 class ModelCard:
     """One downloadable weights file and the facts that belong with it."""
@@ -56,6 +59,7 @@ class ModelCard:
     overlap_threshold: Optional[float] = None
     text_tower_tuned: bool = False  # the file also holds a fine-tuned text tower (`_wtext` models)
     mask_prior_blocks: Optional[int] = None  # classifier cards (ViT): the mask tokens enter the last N blocks
+    teva: Optional[dict] = None  # classifier cards: FISA / FOV-Seg TeVA settings (TevaConfig fields); None = no TeVA
     recipe: Optional[str] = None  # the training recipe the weights came from (ovs_training exports)
     loadable: bool = True  # false: a card for a file this project cannot load yet (the reason says why)
     not_loadable_reason: str = ""
@@ -71,6 +75,10 @@ class ModelCard:
                 if value is not None and float(value) != 1.0:
                     raise ValueError(f"model card {self.name!r}: ensemble_on is false, so {name} must be 1.0 "
                                      f"(CLIP only), got {value}")
+        unknown = sorted(set(self.teva or {}) - TEVA_CARD_KEYS)
+        if unknown:
+            raise ValueError(f"model card {self.name!r}: unknown teva key(s) {unknown}; allowed: "
+                             f"{sorted(TEVA_CARD_KEYS)}")
         if not self.loadable and not self.not_loadable_reason:
             raise ValueError(f"model card {self.name!r}: loadable is false, so not_loadable_reason must say why")
 

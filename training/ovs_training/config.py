@@ -88,6 +88,54 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
+TEVA_TARGETS = ("image_labels", "vocabulary")
+
+
+@dataclass
+class FovSegConfig:
+    """FISA / FOV-Seg options (seed-spec 4-5; training/README.md "FISA / FOV-Seg options"). Setting `fovseg` at all
+    switches the trained set to SIMO: CLIP-V's query projections f_q (x `query_lr_multiplier`) plus TeVA (x1)
+    and, with FiSeR, its predictor and [M] token (x1, never exported). The text tower, f_k, f_v stay frozen.
+
+    Attributes:
+        teva: TeVA (FISA's SEVE) in every mask-token block (`mask_prior_blocks`; FOV-Seg: all blocks).
+        teva_rank, teva_adapter_hidden, teva_adapter_grid_factor: `ovs_ros.models.clip.TevaConfig` fields.
+        teva_targets: TeVA's [TGT] in training: "image_labels" (the image's GT classes, padded and masked, as the
+            papers' K_max paragraph implies) or "vocabulary" (every training class, as at test time).
+        fiser: FOV-Seg's FiSeR reconstruction loss (training only).
+        fiser_weight, ce_weight: L = fiser_weight * L_FiSeR + ce_weight * L_CE (FOV-Seg: 1 and 2).
+        fiser_width, fiser_layers, fiser_heads: the FiSeR predictor (a pre-norm Transformer encoder).
+        query_lr_multiplier: LR multiplier of f_q ("0.1 for the feature backbone").
+    """
+
+    teva: bool = True
+    teva_rank: int = 16
+    teva_adapter_hidden: int = 8
+    teva_adapter_grid_factor: int = 4
+    teva_targets: str = "image_labels"
+    fiser: bool = False
+    fiser_weight: float = 1.0
+    ce_weight: float = 2.0
+    fiser_width: int = 256
+    fiser_layers: int = 2
+    fiser_heads: int = 4
+    query_lr_multiplier: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.teva_targets not in TEVA_TARGETS:
+            raise ConfigError(f"fovseg.teva_targets must be one of {TEVA_TARGETS}, got {self.teva_targets!r}")
+        if self.fiser_weight < 0 or self.ce_weight <= 0 or self.query_lr_multiplier < 0:
+            raise ConfigError("fovseg: fiser_weight and query_lr_multiplier must be >= 0, ce_weight > 0")
+        if min(self.teva_rank, self.teva_adapter_hidden, self.teva_adapter_grid_factor, self.fiser_width,
+               self.fiser_layers, self.fiser_heads) < 1 or self.fiser_width % self.fiser_heads:
+            raise ConfigError("fovseg: sizes must be >= 1 and fiser_width a multiple of fiser_heads")
+
+    def teva_config(self) -> dict:
+        """The classifier's `teva` option for these settings."""
+        return {"enabled": self.teva, "rank": self.teva_rank, "adapter_hidden": self.teva_adapter_hidden,
+                "adapter_grid_factor": self.teva_adapter_grid_factor}
+
+
 @dataclass
 class TrainConfig:
     """The MaskCLIP++ fine-tuning recipe (seed-spec 2.3; corrections.md 8, 16-18).
@@ -133,6 +181,7 @@ class TrainConfig:
         scheduler: "cosine" (MaskCLIP++, to `lr_end_multiplier`) or "warmup_poly" (MAFT+: detectron2 WarmupPolyLR
             with `poly_power`, `warmup_iters`, `warmup_factor`; MAFT+ 0.9, 0, 1.0).
         maftp: MAFT+ options (`ovs_training.maftp`): loss weights, proposals, CLIP-V head freezing.
+        fovseg: FISA / FOV-Seg options (`FovSegConfig`); None = the MaskCLIP++ recipe.
     """
 
     model_name: str = "tiny-eva"
@@ -174,10 +223,14 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     final_eval: Optional[FinalEvalConfig] = None
     maftp: MAFTPlusOptions = field(default_factory=MAFTPlusOptions)
+    fovseg: Optional[FovSegConfig] = None
 
     def __post_init__(self) -> None:
         if self.max_iter < 1 or self.batch_size < 1:
             raise ConfigError("max_iter and batch_size must be >= 1")
+        if self.fovseg is not None and self.maftp.active:
+            raise ConfigError("fovseg and maftp are separate recipes (different trained tensors and losses); "
+                              "set one of them")
         if not 0.0 <= self.lr_end_multiplier <= 1.0:
             raise ConfigError(f"lr_end_multiplier must be in [0, 1], got {self.lr_end_multiplier}")
         if self.psm not in ("linear", "pseudo_text", "identity", "cdt", "cdt_panoptic"):
@@ -191,6 +244,8 @@ class TrainConfig:
             raise ConfigError(f"psm_attention_dropout must be in [0, 1), got {self.psm_attention_dropout}")
         if self.psm_attention_dropout and self.psm != "pseudo_text":
             raise ConfigError("psm_attention_dropout applies to the pseudo_text PSM only")
+        if self.fovseg is not None and self.train_text:
+            raise ConfigError("fovseg trains CLIP-V's query projections only (SIMO): train_text must be false")
         if not self.ensemble_on and (self.ensemble_alpha != 1.0 or self.ensemble_beta != 1.0):
             raise ConfigError("ensemble_on is false, so ensemble_alpha and ensemble_beta must be 1.0 (CLIP only)")
 

@@ -34,9 +34,12 @@ from ovs_ros.models.clip.convert import (  # noqa: F401  (re-exported: the forma
 )
 
 
-def export_state_dict(classifier: nn.Module, psm: Optional[nn.Module], names: Iterable[str]) -> Dict[str, Tensor]:
-    """The named classifier tensors plus every PSM tensor (prefixed `psm.`), detached, contiguous, fp32 on CPU."""
-    params = dict(classifier.named_parameters())
+def export_state_dict(classifier: nn.Module, psm: Optional[nn.Module], names: Iterable[str],
+                      values: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+    """The named classifier tensors plus every PSM tensor (prefixed `psm.`), detached, contiguous, fp32 on CPU;
+    `values` (runtime name -> tensor, e.g. FISA's re-fused q/k/v) replaces the look-up by parameter name."""
+    params = dict(classifier.named_parameters()) if values is None else dict(values)
+    names = params.keys() if values is not None else names
     out: Dict[str, Tensor] = {}
     for name in sorted(names):
         if name not in params:
@@ -62,8 +65,12 @@ def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str,
                       mask_prior_blocks: Optional[int] = None, recipe: Optional[str] = None,
                       ensemble_on: bool = False, ensemble_alpha: float = 1.0, ensemble_beta: float = 1.0,
                       text_tower_tuned: bool = False, metrics: Optional[Dict[str, float]] = None,
-                      notes: str = "") -> Dict[str, Path]:
+                      notes: str = "", tensors: Optional[Dict[str, Tensor]] = None,
+                      teva: Optional[dict] = None) -> Dict[str, Path]:
     """Write `<name>.safetensors` and `<name>.yaml` (a `ovs_ros.models.cards.ModelCard`) under `out_dir`.
+
+    `tensors` (FISA / FOV-Seg) are the classifier tensors to write under their runtime names, instead of
+    `trained_names`; `teva` (TevaConfig fields) goes on the card and in the metadata, so the runtime builds TeVA.
 
     Returns:
         {"weights": path, "card": path}
@@ -72,12 +79,14 @@ def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = export_state_dict(classifier, psm, trained_names)
+    tensors = export_state_dict(classifier, psm, trained_names, values=tensors)
     model_name = classifier.config.model_name
     metadata = {"format": OVS_FORMAT, "format_version": OVS_FORMAT_VERSION, "model_name": model_name,
                 "psm": psm_kind, "template_set": template_set, "num_templates": str(num_templates),
                 "trained": json.dumps(sorted(k for k in tensors if not k.startswith(PSM_PREFIX))),
                 "mask_prior_blocks": json.dumps(mask_prior_blocks), "recipe": recipe or name}
+    if teva:
+        metadata["teva"] = json.dumps(teva)
     weights = out_dir / f"{name}.safetensors"
     save_file(tensors, str(weights), metadata=metadata)
     card = {
@@ -96,6 +105,7 @@ def export_classifier(classifier: nn.Module, psm: nn.Module, out_dir: Union[str,
         "ensemble_beta": float(ensemble_beta),
         "text_tower_tuned": bool(text_tower_tuned),
         "mask_prior_blocks": mask_prior_blocks,
+        **({"teva": dict(teva)} if teva else {}),
         "recipe": recipe or name,
         "published": {str(k): v if isinstance(v, str) else float(v) for k, v in (metrics or {}).items()},
         "notes": notes or "ovs_training export: tuned CLIP tensors, mask_logit_scale and PSM under our names",

@@ -14,6 +14,9 @@ Weight decay 0.05, 0 on norm layers, biases and position embeddings / CLS token 
 `build_optimizer`: norm modules, `no_weight_decay()` keys, encoder biases). The schedule is a multiplier going
 from 1 to `end` by cosine, applied to every group (corrections.md 16), with no warm-up; or MAFT+'s warm-up poly
 (`scheduler: warmup_poly`).
+
+FISA / FOV-Seg (SIMO, `fovseg_lr_multipliers`): CLIP-V's query projections f_q only (EVA `q_proj` weight and bias;
+OpenAI ViT rows [0:C] of the fused `in_proj`, split off by `fovseg.split_query_projections`) at x0.1, and TeVA at x1.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ _TEXT_WTEXT = (r"model\.(text\.)?positional_embedding",
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
 _NO_DECAY_NAMES = re.compile(r"(^|\.)(pos_embed|positional_embedding|cls_token|class_embedding)$")
+_EVA_QUERY = (r"model\.visual\.trunk\.blocks\.\d+\.attn\.q_proj\.(weight|bias)",)
+_VIT_QUERY = (r"model\.visual\.transformer\.resblocks\.\d+\.attn\.parametrizations\.in_proj_(weight|bias)\.original",)
 
 
 def _matches(name: str, patterns) -> bool:
@@ -59,6 +64,23 @@ def classifier_lr_multipliers(classifier: nn.Module, *, clip_lr_multiplier=None,
     return out
 
 
+def fovseg_lr_multipliers(classifier: nn.Module, *, query_lr_multiplier: float = 0.1) -> Dict[str, float]:
+    """SIMO: f_q of every CLIP-V block x `query_lr_multiplier`, every TeVA tensor x1; nothing else (the OpenAI
+    ViT's fused projection must have been split first, `fovseg.split_query_projections`)."""
+    patterns = {"eva": _EVA_QUERY, "vit": _VIT_QUERY}.get(classifier.family)
+    if patterns is None:
+        raise ValueError(f"FISA / FOV-Seg tune a ViT CLIP's query projections; {classifier.family} has none")
+    out: Dict[str, float] = {}
+    for name, _ in classifier.named_parameters():
+        if name.startswith("teva."):
+            out[name] = 1.0
+        elif _matches(name, patterns):
+            out[name] = float(query_lr_multiplier)
+    if not any(not n.startswith("teva.") for n in out):
+        raise ValueError("no query projection found: split the fused in_proj first (fovseg.split_query_projections)")
+    return out
+
+
 def apply_trainable(model: nn.Module, lr_multipliers: Dict[str, float]) -> None:
     """`requires_grad` True exactly for the named parameters of `model`, False for every other one."""
     names = {n for n, _ in model.named_parameters()}
@@ -74,7 +96,8 @@ def _no_weight_decay_names(model: nn.Module) -> set:
     for mod_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, _NORM_TYPES) or p_name.endswith("bias") or _NO_DECAY_NAMES.search(full):
+            split_bias = p_name == "original" and mod_name.endswith("_bias")  # a parametrised (split) bias
+            if isinstance(module, _NORM_TYPES) or p_name.endswith("bias") or split_bias or _NO_DECAY_NAMES.search(full):
                 out.add(full)
             elif "norm" in mod_name.rsplit(".", 1)[-1]:  # timm/open_clip norms wrapped in custom classes
                 out.add(full)

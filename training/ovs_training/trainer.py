@@ -34,7 +34,7 @@ from .datasets import (IGNORE_CLASS, COCOPanopticDataset, COCOStuffDataset, Larg
                        collate_masks)
 from .export import export_classifier
 from .losses import class_balanced_cross_entropy, sample_synonym_rows
-from .optim import apply_trainable, build_optimizer, classifier_lr_multipliers
+from .optim import apply_trainable, build_optimizer, classifier_lr_multipliers, fovseg_lr_multipliers
 from .semantic_augmentation import SemanticAugmentation
 from .sampling import AugmentedDataset, SeedWorker, TrainingStream, check_trainable_size
 from .validation import InLoopValidation, run_final_eval
@@ -88,13 +88,15 @@ def build_classifier_and_psm(config: TrainConfig) -> Tuple[nn.Module, nn.Module]
     from ovs_ros.models.clip import ClipClassifier, ClipClassifierConfig, build_tiny_classifier
 
     torch.manual_seed(config.seed)
+    teva = {} if config.fovseg is None else {"teva": config.fovseg.teva_config()}  # FISA / FOV-Seg TeVA
     if config.model_name.startswith("tiny-"):
+        extra = {} if config.fovseg is None else dict(teva, mask_prior_blocks=config.mask_prior_blocks)
         classifier = build_tiny_classifier(config.model_name[len("tiny-"):],
-                                           input_short_side=config.input_short_side, seed=config.seed)
+                                           input_short_side=config.input_short_side, seed=config.seed, **extra)
     else:
         classifier = ClipClassifier(ClipClassifierConfig(
             model_name=config.model_name, pretrained=config.pretrained, input_short_side=config.input_short_side,
-            mask_prior_blocks=config.mask_prior_blocks))
+            mask_prior_blocks=config.mask_prior_blocks, **teva))
     psm = build_psm(config.psm, num_templates=len(get_templates(config.template_set)),
                     text_dim=classifier.embed_dim, image_dim=classifier.embed_dim)
     if config.psm_attention_dropout:
@@ -181,14 +183,27 @@ class Trainer:
             built_classifier, built_psm = build_classifier_and_psm(config)
             classifier = classifier if classifier is not None else built_classifier
             psm = psm if psm is not None else built_psm
-        self.model = MaskClassificationModel(classifier, psm).to(self.device)
+        self.model = MaskClassificationModel(classifier, psm)
+        self.fovseg = None  # FISA / FOV-Seg (fovseg.py): SIMO tensors, TeVA targets, FiSeR
+        if config.fovseg is not None:
+            from .fovseg import FovSegObjective, split_query_projections
+
+            split_query_projections(classifier)
+            self.fovseg = FovSegObjective(config.fovseg, classifier, config.seed)
+            self.model.add_module("fovseg", self.fovseg)
+        self.model = self.model.to(self.device)
         self.dataset = dataset if dataset is not None else build_dataset(config)
         self.vocabulary: Vocabulary = self.dataset.vocabulary
-        clf_mults = classifier_lr_multipliers(classifier, clip_lr_multiplier=config.clip_lr_multiplier,
-                                              train_text=config.train_text,
-                                              text_lr_multiplier=config.text_lr_multiplier)
+        if config.fovseg is not None:
+            clf_mults = fovseg_lr_multipliers(classifier, query_lr_multiplier=config.fovseg.query_lr_multiplier)
+        else:
+            clf_mults = classifier_lr_multipliers(classifier, clip_lr_multiplier=config.clip_lr_multiplier,
+                                                  train_text=config.train_text,
+                                                  text_lr_multiplier=config.text_lr_multiplier)
         self.lr_multipliers = {f"classifier.{k}": v for k, v in clf_mults.items()}
         self.lr_multipliers.update({f"psm.{k}": 1.0 for k, _ in psm.named_parameters()})
+        if self.fovseg is not None:
+            self.lr_multipliers.update({f"fovseg.{k}": 1.0 for k, _ in self.fovseg.named_parameters()})
         self.maftp = None  # MAFT+ options (ovs_training.maftp): extra loss terms, CLIP-V head frozen
         if config.maftp.active:
             from .maftp.objective import MAFTPlusObjective
@@ -267,10 +282,14 @@ class Trainer:
                     self.model, images, masks, class_ids, text, num_classes,
                     lambda lg, ids: class_balanced_cross_entropy(lg, ids, temperature=self.config.ce_temperature),
                     pixel_values=pixel_values)
+            elif self.fovseg is not None:  # 2 x CE (TeVA mask tokens) + FiSeR
+                phrases = [self.vocabulary.phrases[int(r)] for r in rows]
+                loss = self.fovseg(self.model, pixel_values, masks, class_ids, text, phrases,
+                                   self.config.ce_temperature)
             else:
                 logits = self.model(pixel_values, masks, text,
                                     torch.arange(num_classes, device=self.device), num_classes)
-        if self.maftp is None:
+        if self.maftp is None and self.fovseg is None:
             loss = class_balanced_cross_entropy(logits.float(), class_ids, temperature=self.config.ce_temperature)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -306,7 +325,10 @@ class Trainer:
                         "validation", "final_eval")  # validation draws no RNG and trains nothing
 
     def _generators(self) -> Dict[str, torch.Generator]:
-        return {"synonyms": self.synonym_generator, **(self.maftp.rng_generators() if self.maftp else {})}
+        generators = {"synonyms": self.synonym_generator, **(self.maftp.rng_generators() if self.maftp else {})}
+        if self.fovseg is not None:
+            generators["fiser"] = self.fovseg.generator
+        return generators
 
     def save_checkpoint(self, path: Path, step: int) -> Path:
         """Every rank calls it (the RNG states of all ranks are gathered); rank 0 writes."""
@@ -440,10 +462,19 @@ class Trainer:
         keys such as `ade150_miou`) when an evaluation measured them."""
         config = self.config
         names = [k[len("classifier."):] for k in self.lr_multipliers if k.startswith("classifier.")]
+        fovseg = {}
+        if self.fovseg is not None:  # the fused q/k/v as the runtime names it; TeVA's settings on the card
+            from .fovseg import export_tensors
+
+            teva = self.model.classifier.config.teva
+            fovseg = {"tensors": export_tensors(self.model.classifier, names),
+                      "teva": teva.card_dict() if teva.enabled else None,
+                      "notes": "ovs_training FISA / FOV-Seg export: CLIP-V q projections (fused q/k/v with the base "
+                               "k/v rows) and TeVA; FiSeR is training-only and not in the file"}
         return export_classifier(
             self.model.classifier, self.model.psm, out_dir, name=config.export_name, trained_names=names,
             psm_kind=config.psm, template_set=config.template_set, num_templates=len(self.templates),
             base_clip_pretrained=config.pretrained, input_short_side=config.input_short_side,
             mask_prior_blocks=self._mask_prior_blocks(), recipe=config.recipe or config.export_name,
             ensemble_on=config.ensemble_on, ensemble_alpha=config.ensemble_alpha, ensemble_beta=config.ensemble_beta,
-            text_tower_tuned=config.train_text, metrics=metrics)
+            text_tower_tuned=config.train_text, metrics=metrics, **fovseg)

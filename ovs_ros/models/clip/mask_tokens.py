@@ -147,8 +147,15 @@ def _rotate(x: Tensor, rope_table: Tensor, half: bool) -> Tensor:
     return apply_rot_embed_cat(x, rope_table, half=half).type_as(x)
 
 
+def _read_masks(y_normed: Tensor, num_image_tokens: int, mask_query_fn: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+    if mask_query_fn is None:
+        return y_normed
+    return torch.cat([y_normed[:, :num_image_tokens], mask_query_fn(y_normed[:, num_image_tokens:])], dim=1)
+
+
 def neck_block(family: str, block: nn.Module, x: Tensor, mask_tokens: Tensor, patch_bias: Tensor,
-               rope_table: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+               rope_table: Optional[Tensor],
+               mask_query_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor]:
     """One block with mask tokens.
 
     Args:
@@ -157,6 +164,8 @@ def neck_block(family: str, block: nn.Module, x: Tensor, mask_tokens: Tensor, pa
         mask_tokens: `[B, Q, C]`.
         patch_bias: `[B, heads, Q, HW]` additive bias of the mask tokens over the patches.
         rope_table: EVA `[HW, 2 * rot_dim]` or None.
+        mask_query_fn: TeVA (`teva.py`): maps the normalised mask tokens `[B, Q, C]` to what CLIP's projections
+            read for them (their query); None = the MaskCLIP++ block, op for op.
 
     Returns:
         (x, mask_tokens) after the block; x equals `block(x)` (the image stream never sees the mask tokens).
@@ -165,7 +174,7 @@ def neck_block(family: str, block: nn.Module, x: Tensor, mask_tokens: Tensor, pa
     y = torch.cat([x, mask_tokens], dim=1)
     if family == "eva":
         attn = block.attn
-        y_normed = block.norm1(y)
+        y_normed = _read_masks(block.norm1(y), num_image_tokens, mask_query_fn)
         qkv = _eva_qkv(attn, y_normed)
         q, k, v = qkv.q, qkv.k, qkv.v
         if rope_table is not None:
@@ -181,7 +190,7 @@ def neck_block(family: str, block: nn.Module, x: Tensor, mask_tokens: Tensor, pa
         drop_path1, drop_path2 = block.drop_path1, block.drop_path2
     elif family == "vit":
         attn = block.attn
-        y_normed = block.ln_1(y)
+        y_normed = _read_masks(block.ln_1(y), num_image_tokens, mask_query_fn)
         qkv = _vit_qkv(attn, y_normed)
         q, k, v = qkv.q, qkv.k, qkv.v
         attn_out = _vit_attn_out

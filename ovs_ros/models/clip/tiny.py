@@ -7,6 +7,7 @@ with fewer and narrower blocks.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,13 +56,16 @@ def tiny_eva_open_clip_model() -> nn.Module:
     return model
 
 
-def build_tiny_classifier(family: str, *, input_short_side: int = 224, seed: int = 0) -> ClipClassifier:
-    """A seeded tiny classifier of `family` ("eva", "vit", "convnext", "convnext-mlp")."""
+def build_tiny_classifier(family: str, *, input_short_side: int = 224, seed: int = 0,
+                          **options: Any) -> ClipClassifier:
+    """A seeded tiny classifier of `family` ("eva", "vit", "convnext", "convnext-mlp"); `options` are further
+    `ClipClassifierConfig` fields (`mask_prior_blocks`, `teva`)."""
     torch.manual_seed(seed)
     name = f"tiny-{family}"
     if family == "eva":
         return ClipClassifier.from_open_clip(
-            tiny_eva_open_clip_model(), ClipClassifierConfig(model_name=name, input_short_side=input_short_side)
+            tiny_eva_open_clip_model(),
+            ClipClassifierConfig(model_name=name, input_short_side=input_short_side, **options),
         )
     if family == "vit":
         cfg = TINY_VIT_CFG
@@ -74,5 +78,5 @@ def build_tiny_classifier(family: str, *, input_short_side: int = 224, seed: int
         raise ValueError(f"unknown tiny classifier family {family!r}; choose from {TINY_FAMILIES}")
     return ClipClassifier(
         ClipClassifierConfig(model_name=name, open_clip_model_cfg=copy.deepcopy(cfg), input_short_side=input_short_side,
-                             quick_gelu=family == "vit")
+                             quick_gelu=family == "vit", **options)
     )

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .config import ClipClassifierConfig
 from .mask_pooling import convnext_project, mask_average_pool
 from .mask_tokens import run_vit_with_mask_tokens, vit_output_head
+from .teva import Teva, run_vit_with_teva, visual_width
 
 FAMILIES = ("eva", "vit", "convnext")
 
@@ -31,11 +32,14 @@ class MaskEmbeddingOutput:
         image_embeddings: `[B, D]` the image embedding (equals `encode_image`), not normalised.
         patch_embeddings: `[B, h*w, D]` ConvNeXt only: each stride-32 feature through `trunk.head` and `head`
             (the K/V of `PseudoTextPSM`); None for ViT families.
+        image_tokens: ViT families: the final `[B, 1 + HW, C]` image tokens before the output norm (FOV-Seg's
+            FiSeR reads them in training); None for ConvNeXt and for engine backends.
     """
 
     mask_embeddings: Tensor
     image_embeddings: Tensor
     patch_embeddings: Optional[Tensor] = None
+    image_tokens: Optional[Tensor] = None
 
 
 def build_open_clip_model(config: ClipClassifierConfig) -> nn.Module:
@@ -104,6 +108,17 @@ def detect_family(visual: nn.Module) -> str:
     raise NotImplementedError(f"unsupported open_clip visual tower {type(visual).__name__}")
 
 
+def _batched_text(text_embeddings: Optional[Tensor], batch: int) -> Tensor:
+    if text_embeddings is None:
+        raise ValueError("this classifier has TeVA: its mask embeddings depend on the vocabulary, so encode_masks "
+                         "needs the target text embeddings (text_embeddings [K, D] or [B, K, D])")
+    if text_embeddings.dim() == 2:
+        return text_embeddings.unsqueeze(0).expand(batch, -1, -1)
+    if text_embeddings.dim() != 3 or text_embeddings.shape[0] != batch:
+        raise ValueError(f"text_embeddings must be [K, D] or [{batch}, K, D], got {tuple(text_embeddings.shape)}")
+    return text_embeddings
+
+
 def _last_linear_out(module: nn.Module) -> Optional[int]:
     out = None
     for m in module.modules():
@@ -122,7 +137,9 @@ class ClipClassifier(nn.Module):
         size_divisibility: input H and W must be multiples of this (patch size for ViT, 32 for ConvNeXt).
         pixel_mean_01, pixel_std_01: CLIP normalisation on the 0-1 scale, from open_clip's preprocess config.
         mask_logit_scale: ViT families: `[mask_prior_blocks, heads]` log scale of the mask bias; index 0 belongs to
-            the last block (corrections.md 5). None for ConvNeXt.
+            the last block (corrections.md 5). None for ConvNeXt. Unused with TeVA (its mask rule is binary).
+        teva: FISA / FOV-Seg TeVA (`teva.py`) when `config.teva.enabled`, else None. With it the mask embeddings
+            depend on the vocabulary: `encode_masks` needs the target text embeddings.
     """
 
     def __init__(self, config: ClipClassifierConfig, model: Optional[nn.Module] = None):
@@ -165,6 +182,11 @@ class ClipClassifier(nn.Module):
                 torch.full((config.mask_prior_blocks, num_heads), float(config.mask_logit_scale_init)))
         else:
             self.mask_logit_scale = None
+        self.teva: Optional[Teva] = None
+        if config.teva.enabled:
+            if self.family == "convnext":
+                raise ValueError("TeVA needs a ViT CLIP (mask tokens); ConvNeXt pools its masks")
+            self.teva = Teva(config.teva, visual_width(self.family, visual), self.embed_dim, config.mask_prior_blocks)
         # CLIP's logit scale is never trained (corrections.md 8).
         self.model.logit_scale.requires_grad_(False)
         self._tokenizer = None
@@ -199,13 +221,22 @@ class ClipClassifier(nn.Module):
         x, _ = run_vit_with_mask_tokens(self.family, visual, pixel_values, None, None, self.mask_prior_blocks)
         return vit_output_head(self.family, visual)(x[:, 0])
 
-    def encode_masks(self, pixel_values: Tensor, mask_probs: Tensor) -> MaskEmbeddingOutput:
+    @property
+    def vocabulary_dependent(self) -> bool:
+        """True when mask embeddings depend on the vocabulary (TeVA): a vocabulary change must re-run CLIP."""
+        return self.teva is not None
+
+    def encode_masks(self, pixel_values: Tensor, mask_probs: Tensor, text_embeddings: Optional[Tensor] = None,
+                     text_padding_mask: Optional[Tensor] = None) -> MaskEmbeddingOutput:
         """Embed Q soft masks per image.
 
         Args:
             pixel_values: `[B, 3, H, W]` CLIP-normalised, H and W multiples of `size_divisibility`.
             mask_probs: `[B, Q, H', W']` soft masks in [0, 1] in the CLIP input frame (padding = 0); resampled to
                 the patch / feature grid inside (bilinear, align_corners=False).
+            text_embeddings: TeVA only (required there, ignored otherwise: the mask embeddings of a classifier
+                without TeVA do not depend on text): `[K, D]` or `[B, K, D]` L2-normalised target text embeddings.
+            text_padding_mask: TeVA: `[B, K]` True where a target is padding.
         """
         self._check_pixels(pixel_values)
         if mask_probs.dim() != 4 or mask_probs.shape[0] != pixel_values.shape[0]:
@@ -222,10 +253,15 @@ class ClipClassifier(nn.Module):
                 image_embeddings=image,
                 patch_embeddings=convnext_project(visual, patches),
             )
-        x, mask_tokens = run_vit_with_mask_tokens(self.family, visual, pixel_values, mask_probs,
-                                                  self.mask_logit_scale, self.mask_prior_blocks)
+        if self.teva is not None:
+            text = _batched_text(text_embeddings, pixel_values.shape[0])
+            x, mask_tokens = run_vit_with_teva(self.family, visual, pixel_values, mask_probs, self.teva, text,
+                                               text_padding_mask, self.mask_prior_blocks)
+        else:
+            x, mask_tokens = run_vit_with_mask_tokens(self.family, visual, pixel_values, mask_probs,
+                                                      self.mask_logit_scale, self.mask_prior_blocks)
         head = vit_output_head(self.family, visual)
-        return MaskEmbeddingOutput(mask_embeddings=head(mask_tokens), image_embeddings=head(x[:, 0]))
+        return MaskEmbeddingOutput(mask_embeddings=head(mask_tokens), image_embeddings=head(x[:, 0]), image_tokens=x)
 
     # ------------------------------------------------------------------------------------------------------------
     def tokenize(self, texts: List[str]) -> Tensor:
