@@ -161,6 +161,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="comma-separated backends to compare on the same frame (e.g. eager,compiled,tensorrt); "
                         "empty = the config's")
     parser.add_argument("--json", default=None, help="write every number to this JSON file")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="keep the config's and its cards' settings (sizes, thresholds, ensemble, templates) but "
+                        "build random weights: times a released pipeline without its files")
     from ovs_ros.cli import add_config_overrides, config_overrides
 
     add_config_overrides(parser)
@@ -182,13 +185,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     segmenter = None
     for backend in backends:
         run_overrides = dict(overrides) if backend is None else {**overrides, "backend": backend}
-        segmenter = Segmenter.from_config(args.config, run_overrides)
+        if args.random_weights:
+            from ovs_ros.segmenter_config import load_segmenter_config, with_random_weights
+
+            segmenter = Segmenter.from_config(with_random_weights(load_segmenter_config(args.config, run_overrides)))
+        else:
+            segmenter = Segmenter.from_config(args.config, run_overrides)
+        gen_cfg, cls_cfg = segmenter.config.generator, segmenter.config.classifier
         if segmenter.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(segmenter.device)
         print(f"config {args.config} | backend {segmenter.backend} | device {segmenter.device} | precision "
               f"{segmenter.describe()['precision']} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
               f"image {rgb.shape[1]}x{rgb.shape[0]} | vocabulary {len(segmenter.vocabulary)} classes "
-              f"({segmenter.template_set})")
+              f"({segmenter.template_set}) | generator {gen_cfg.input_short_side}/{gen_cfg.max_long_side} | classifier "
+              f"{cls_cfg.input_short_side}{' | random weights' if args.random_weights else ''}")
         per_stage = benchmark_frames(segmenter, rgb, args.iterations, args.warmup)
         print(f"\n{'stage':<16}{'median ms':>10}{'p90':>10}{'min':>10}{'max':>10}")
         for stage, values in per_stage.items():

@@ -230,6 +230,22 @@ def apply_card_defaults(config: SegmenterConfig) -> SegmenterConfig:
     )
 
 
+def with_random_weights(config: SegmenterConfig) -> SegmenterConfig:
+    """The same settings (sizes, thresholds, ensemble, templates: what the cards gave, already resolved) with random
+    weights: no card, checkpoint or base CLIP tag left to load. For timing a released pipeline where its weights are
+    not on disk; a plain `--set generator.card=null` would also drop the card's sizes (a 640 instead of an 800 run).
+    The classifier's PSM becomes the identity (a fine-tuned PSM needs its weights; it costs one small matmul)."""
+    import dataclasses
+
+    config = apply_card_defaults(config)
+    cls_card = _card(config.classifier.card)
+    template_set = cls_card.template_set if cls_card is not None and cls_card.template_set else config.template_set
+    return dataclasses.replace(
+        config, template_set=template_set,
+        generator=dataclasses.replace(config.generator, card=None, checkpoint=None),
+        classifier=dataclasses.replace(config.classifier, card=None, checkpoint=None, pretrained=None))
+
+
 def reference_settings(config: SegmenterConfig) -> Dict[str, Any]:
     """The settings the config's model cards were evaluated with, as dotted config keys (only those a card states).
     A classifier card's CLIP branch has no long-side cap and no fixed engine frame, as MaskCLIP++."""

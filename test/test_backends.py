@@ -264,3 +264,25 @@ def test_benchmark_compares_backends_and_writes_json(tmp_path):
     report = json.loads(out.read_text())
     total = report["backends"]["eager"]["stages"]["total"]
     assert total["median"] > 0 and total["p90"] >= total["median"]
+
+
+def test_random_weights_keep_the_cards_settings_where_nulling_the_cards_drops_them(capsys):
+    """`ovs-benchmark --random-weights` times a released pipeline at its reference settings without its files;
+    `--set generator.card=null` would run the FC-CLIP pairing at the 640 fallback instead of the card's 800."""
+    from ovs_ros.benchmark import main
+    from ovs_ros.segmenter_config import load_segmenter_config, with_random_weights
+
+    full = load_segmenter_config("eva02_b16_fcclip_b")
+    rnd = with_random_weights(full)
+    keys = lambda c: (c.generator.input_short_side, c.generator.max_long_side, c.classifier.input_short_side,  # noqa: E731
+                      c.object_mask_threshold, c.overlap_threshold, c.ensemble_alpha, c.ensemble_beta, c.template_set)
+    assert keys(rnd) == keys(full) and keys(full)[:2] == (800, 2560)
+    assert (rnd.generator.card, rnd.classifier.card, rnd.classifier.pretrained, rnd.generator.checkpoint) == (
+        None, None, None, None)
+    nulled = load_segmenter_config("eva02_b16_fcclip_b", {"generator.card": None, "classifier.card": None})
+    assert nulled.generator.input_short_side != 800
+    wtext = with_random_weights(load_segmenter_config("eva02_l14_336_wtext_maftl_pan"))
+    assert (wtext.template_set, wtext.ensemble_alpha, wtext.classifier.input_short_side) == ("t1", 0.9, 392)
+    assert main(["--config", "tiny", "--iterations", "1", "--warmup", "0", "--switch-vocabulary", "",
+                 "--postprocess-size", "0", "--random-weights"]) == 0
+    assert "| random weights" in capsys.readouterr().out
