@@ -318,6 +318,12 @@ def test_final_eval_runs_ovs_eval_in_process_on_the_exported_classifier(tmp_path
     # the tiny config's classifier is an identity-PSM t1 model: LinearPSM and t14 come from the exported card
     assert (report["segmenter"]["psm"], report["segmenter"]["template_set"]) == ("LinearPSM", "t14")
     assert not (out / "validation.jsonl").exists()
+    # the exported card carries what its own evaluation measured, and still loads (sha256 of the same tensors)
+    from ovs_ros.models.cards import ModelCard, resolve_weights
+
+    card = ModelCard.from_yaml(result.export["card"])
+    assert card.published == {"ade150_miou": round(report["metrics"]["mIoU"], 2), "generator": "tiny"}
+    assert resolve_weights(card, result.export["weights"].parent) == result.export["weights"]
     # run again (a repeated run keeps the card's path): evaluated afresh, never served from ovs-eval's cache
     again = run_final_eval(config, out / "export", out, torch.device("cpu"))
     assert (again["from_cache"], again["computed"]) == (0, 2)

@@ -37,7 +37,7 @@ from .losses import class_balanced_cross_entropy, sample_synonym_rows
 from .optim import apply_trainable, build_optimizer, classifier_lr_multipliers, fovseg_lr_multipliers
 from .semantic_augmentation import SemanticAugmentation
 from .sampling import AugmentedDataset, SeedWorker, TrainingStream, check_trainable_size
-from .validation import InLoopValidation, run_final_eval
+from .validation import InLoopValidation, card_metrics, run_final_eval
 
 LOG = logging.getLogger(__name__)
 
@@ -447,6 +447,10 @@ class Trainer:
         if config.final_eval is not None:
             if export:
                 final_eval = run_final_eval(config, out / "export", out, self.device)
+                measured = card_metrics(final_eval, config.final_eval.dataset, config.final_eval.segmenter)
+                if self.is_main and measured:  # the card carries the numbers its own evaluation measured
+                    exported = self.export(out / "export", metrics=measured)
+                barrier(self.world_size)
             else:
                 LOG.warning("final_eval skipped: the run does not export a classifier to evaluate")
         return TrainResult(losses=losses, output_dir=out, checkpoint=checkpoint, export=exported,

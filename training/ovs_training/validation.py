@@ -312,3 +312,21 @@ def run_final_eval(config: "TrainConfig", export_dir: Path, out_dir: Path, devic
     LOG.info("final ovs-eval on %s: %s", final.dataset,
              {k: v for k, v in report["metrics"].items() if v is not None})
     return report
+
+
+def card_metrics(report: dict, dataset: str, segmenter: str) -> Dict[str, object]:
+    """An `ovs-eval` report as model-card `published` keys (`<benchmark>_<metric>`, models/README.md), e.g.
+    `ade150_pq`, plus `generator`: the segmenter config the numbers were made with (the mask source matters)."""
+    from ovs_ros.eval_cli import CARD_METRICS, PUBLISHED_PREFIX
+
+    prefix = PUBLISHED_PREFIX.get(dataset)
+    if prefix is None:
+        return {}
+    out: Dict[str, object] = {}
+    for suffix, metric in CARD_METRICS.items():
+        value = report["metrics"].get(metric)
+        if value is not None:
+            out[f"{prefix}_{suffix}"] = round(float(value), 2)
+    if out:
+        out["generator"] = segmenter
+    return out
