@@ -324,7 +324,7 @@ def card_metrics(report: dict, dataset: str, segmenter: str) -> Dict[str, object
         return {}
     out: Dict[str, object] = {}
     for suffix, metric in CARD_METRICS.items():
-        value = report["metrics"].get(metric)
+        value = (report.get("metrics") or {}).get(metric)
         if value is not None:
             out[f"{prefix}_{suffix}"] = round(float(value), 2)
     if out:
