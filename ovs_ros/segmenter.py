@@ -194,7 +194,7 @@ class Segmenter:
             fcclip=None if self._fcclip is None else self._fcclip.prepare(vocab),
             is_thing=torch.tensor(np.array(vocab.is_thing, dtype=bool), device=self.device),
             labels=tuple(vocab.labels),
-            teva_text=_teva_targets(self.classifier, embeddings),
+            teva_text=_teva_targets(self.classifier, embeddings, self.dtype),
         )
         with self._lock:
             self._version += 1
@@ -277,7 +277,7 @@ class Segmenter:
         else:
             with timer.stage("classifier"):
                 # TeVA: the mask embeddings read this vocabulary's text (from the cache; CLIP re-runs every frame)
-                text = {} if state.teva_text is None else {"text_embeddings": state.teva_text.to(self.dtype)}
+                text = {} if state.teva_text is None else {"text_embeddings": state.teva_text}
                 embedded = self.classifier.encode_masks(clip_in.pixel_values, clip_masks, **text)
             with timer.stage("similarity"):
                 clip_logits = mask_class_logits(
@@ -364,11 +364,12 @@ class Segmenter:
         }
 
 
-def _teva_targets(classifier: object, embeddings: VocabularyEmbeddings) -> Optional[torch.Tensor]:
-    """TeVA's [TGT]: one L2-normalised embedding per phrase (its templates averaged); None without TeVA."""
+def _teva_targets(classifier: object, embeddings: VocabularyEmbeddings, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """TeVA's [TGT]: one L2-normalised embedding per phrase (its templates averaged), in the frame's compute dtype,
+    made once per vocabulary; None without TeVA."""
     if not getattr(classifier, "vocabulary_dependent", False):
         return None
-    return torch.nn.functional.normalize(embeddings.text_embeddings.mean(dim=1), dim=-1)
+    return torch.nn.functional.normalize(embeddings.text_embeddings.float().mean(dim=1), dim=-1).to(dtype)
 
 
 def _as_vocabulary(vocabulary: Union[Vocabulary, Sequence[str], str, Path], max_classes: int) -> Vocabulary:

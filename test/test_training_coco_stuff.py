@@ -25,12 +25,7 @@ CONFIGS = REPO / "training" / "configs"
 WTEXT = CONFIGS / "maskclippp_eva02_l14_336_wtext_coco_stuff.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------- the reference, restated

@@ -35,12 +35,7 @@ CONFIGS = REPO / "training" / "configs"
 TINY = CONFIGS / "maftp_tiny_synthetic.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ literal re-statements of the reference code

@@ -25,12 +25,7 @@ CONFIGS = REPO / "training" / "configs"
 TINY = CONFIGS / "tiny_synthetic.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # much faster than 2 on the shared CI cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(tmp_path, **overrides):
